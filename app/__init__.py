@@ -1,0 +1,39 @@
+"""Flask inference gateway for GPU-hosted models: ``create_app()`` builds one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app.config import load_config
+from app.errors import handle_error
+from app.extension import InferenceGateway
+
+__all__ = ["InferenceGateway", "create_app"]
+
+gateway = InferenceGateway()
+
+
+def configure_logging(level: str) -> None:
+    """Send the gateway's log records to stderr at ``level``."""
+    logger = logging.getLogger("app")
+    logger.setLevel(level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Create the gateway app; ``config`` overrides settings read from the environment."""
+    app = Flask(__name__)
+    app.config.from_mapping(load_config())
+    app.config.update(config or {})
+    configure_logging(app.config["GATEWAY_LOG_LEVEL"])
+    gateway.init_app(app)
+    # Routes outside the gateway's blueprint (unknown paths) answer in the same shape.
+    app.register_error_handler(Exception, handle_error)
+    return app

@@ -1,0 +1,121 @@
+"""HTTP plumbing shared by backend adapters: the pooled session and error mapping.
+
+This module is the one place where ``requests`` exceptions and upstream HTTP
+statuses become the gateway's typed errors.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from app.errors import (
+    BackendBusy,
+    BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+    ModelNotFound,
+)
+
+DEFAULT_RETRY_AFTER = "1"
+
+
+def make_session(pool_size: int) -> requests.Session:
+    """Return a Session whose pool holds one connection per concurrent request."""
+    session = requests.Session()
+    # Retries are the router's decision, never urllib3's: a retried POST could
+    # run a generation twice on the GPU.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0,
+                          pool_block=False)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    # The environment's proxies must not silently reroute GPU traffic.
+    session.trust_env = False
+    return session
+
+
+def map_exception(exc: requests.RequestException) -> GatewayError:
+    """Translate a requests exception into the gateway error it stands for."""
+    cause = exc.args[0] if exc.args else None
+    if isinstance(exc, requests.Timeout) or isinstance(cause, ReadTimeoutError):
+        # ConnectTimeout is also a ConnectionError: it is a timeout first.
+        return BackendTimeout()
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError) or isinstance(
+            cause, ProtocolError):
+        return BackendStreamBroken()
+    if isinstance(exc, requests.ConnectionError):
+        return BackendUnavailable()
+    return BackendError(f"The request to the model backend failed: {type(exc).__name__}.")
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise requests exceptions raised inside the block as gateway errors."""
+    try:
+        yield
+    except requests.RequestException as exc:
+        raise map_exception(exc) from exc
+
+
+def upstream_message(body: bytes) -> str | None:
+    """Return the error message in an upstream error body, if it has one."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")[:500] or None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):  # OpenAI-compatible servers nest it
+        error = error.get("message")
+    return str(error) if error else None
+
+
+def error_for_status(status: int, body: bytes, retry_after: str | None = None) -> GatewayError:
+    """Translate an upstream error status and body into a gateway error."""
+    message = upstream_message(body)
+    if status == 404:
+        return ModelNotFound(message or ModelNotFound.message)
+    if status in (429, 503):
+        return BackendBusy(headers={"Retry-After": retry_after or DEFAULT_RETRY_AFTER},
+                           **({"backend_message": message} if message else {}))
+    if status == 504:
+        return BackendTimeout()
+    if status == 400 or status == 422:
+        return BackendRejected(message or BackendRejected.message)
+    return BackendError(f"The model backend answered {status}"
+                        + (f": {message}" if message else "."), backend_status=status)
+
+
+def raise_for_status(response: requests.Response) -> None:
+    """Raise the gateway error for a non-2xx upstream response, closing it first."""
+    if response.status_code < 300:
+        return
+    try:
+        body = response.content
+    except requests.RequestException:
+        body = b""
+    finally:
+        response.close()
+    raise error_for_status(response.status_code, body, response.headers.get("Retry-After"))
+
+
+def abort_response(response: requests.Response) -> None:
+    """Close an upstream response now, so the backend sees its client leave."""
+    connection = getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        # shutdown() wakes a reader blocked on this socket in another thread;
+        # close() alone would leave it (and the GPU) running until the next byte.
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    response.close()

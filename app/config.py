@@ -1,0 +1,111 @@
+"""Read the gateway's settings from the environment: the one place that does.
+
+Every setting is a ``GATEWAY_*`` variable with a typed, documented default.
+``docs/configuration.md`` lists the same table; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A GATEWAY_* variable holds a value that cannot be used."""
+
+
+def parse_bool(raw: str) -> bool:
+    """Parse 1/0, true/false, yes/no, on/off (any case)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {raw!r}")
+
+
+def parse_positive_float(raw: str) -> float:
+    """Parse a float greater than zero."""
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"expected a number > 0, got {raw!r}")
+    return value
+
+
+def parse_positive_int(raw: str) -> int:
+    """Parse an integer greater than zero."""
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"expected an integer > 0, got {raw!r}")
+    return value
+
+
+def parse_url(raw: str) -> str:
+    """Parse an http(s) base URL, without its trailing slash."""
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, parser, default and meaning."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("GATEWAY_OLLAMA_URL", parse_url, "http://127.0.0.1:11434",
+            "Base URL of the Ollama server the gateway calls."),
+    Setting("GATEWAY_BIND", str, "0.0.0.0:8080",
+            "Address gunicorn listens on (host:port)."),
+    Setting("GATEWAY_WORKERS", parse_positive_int, os.cpu_count() or 1,
+            "Gunicorn worker processes; default: the number of CPU cores."),
+    Setting("GATEWAY_WORKER_CONNECTIONS", parse_positive_int, 1000,
+            "Concurrent connections per gevent worker; also sizes the backend connection pool."),
+    Setting("GATEWAY_LOG_LEVEL", str, "info",
+            "Log level of gunicorn and the gateway (debug, info, warning, error)."),
+    Setting("GATEWAY_CONNECT_TIMEOUT", parse_positive_float, 5.0,
+            "Seconds to wait for a TCP connection to the backend."),
+    Setting("GATEWAY_READ_TIMEOUT", parse_positive_float, 300.0,
+            "Longest silence (seconds) allowed from the backend; covers model load and "
+            "first token."),
+    Setting("GATEWAY_DEFAULT_MODEL", str, "llama3.2",
+            "Model used when a request names none."),
+    Setting("GATEWAY_MAX_BODY_BYTES", parse_positive_int, 1_048_576,
+            "Largest request body accepted; larger bodies get 413."),
+    Setting("GATEWAY_MAX_TOKENS", parse_positive_int, 4096,
+            "Upper bound a request may ask for in max_tokens."),
+    Setting("GATEWAY_HEARTBEAT_SECONDS", parse_positive_float, 15.0,
+            "Seconds of backend silence after which a stream gets a ': ping' comment."),
+    Setting("GATEWAY_MODELS_CACHE_SECONDS", float, 10.0,
+            "How long GET /v1/models reuses the backend's model list (0 disables)."),
+    Setting("GATEWAY_GRACEFUL_TIMEOUT", parse_positive_int, 30,
+            "Seconds gunicorn lets in-flight requests finish after SIGTERM."),
+    Setting("GATEWAY_AUTH_DISABLED", parse_bool, False,
+            "Accepted now; turns API-key authentication off once access control lands."),
+    Setting("GATEWAY_RATE_LIMIT_DISABLED", parse_bool, False,
+            "Accepted now; turns rate limiting off once access control lands."),
+)
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return every setting, parsed from ``environ`` (default: os.environ)."""
+    environ = os.environ if environ is None else environ
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.name)
+        if raw is None:
+            config[setting.name] = setting.default
+            continue
+        try:
+            config[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.name}: {exc}") from exc
+    return config

@@ -1,0 +1,178 @@
+"""Typed errors with one JSON shape, rendered by one function.
+
+Every error the gateway answers with is a ``GatewayError``::
+
+    GatewayError (500 internal_error)
+    ├── BadRequest (400 bad_request)
+    │   └── InvalidJSON (400 invalid_json)
+    ├── NotFound (404 not_found)
+    │   └── ModelNotFound (404 model_not_found)
+    ├── MethodNotAllowed (405 method_not_allowed)
+    ├── PayloadTooLarge (413 payload_too_large)
+    ├── UnsupportedMediaType (415 unsupported_media_type)
+    ├── ValidationFailed (422 validation_error)
+    └── BackendError (502 backend_error)
+        ├── BackendRejected (400 backend_rejected)
+        ├── BackendUnavailable (502 backend_unavailable)
+        ├── BackendStreamBroken (502 backend_stream_broken)
+        ├── BackendBusy (503 backend_busy, Retry-After)
+        ├── NotReady (503 not_ready)
+        └── BackendTimeout (504 backend_timeout)
+
+The body is always ``{"error": {"type": ..., "message": ..., **details}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Response
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status = 500
+    type = "internal_error"
+    message = "The gateway failed unexpectedly; the error was logged."
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None,
+                 **details: Any) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.headers = headers or {}
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON body of this error."""
+        return {"error": {"type": self.type, "message": self.message, **self.details}}
+
+
+class BadRequest(GatewayError):
+    status, type = 400, "bad_request"
+    message = "The request could not be understood."
+
+
+class InvalidJSON(BadRequest):
+    type = "invalid_json"
+    message = "The request body is not valid JSON."
+
+
+class NotFound(GatewayError):
+    status, type = 404, "not_found"
+    message = "No such route; see /docs for the API."
+
+
+class ModelNotFound(NotFound):
+    type = "model_not_found"
+    message = "The backend does not serve this model; see GET /v1/models."
+
+
+class MethodNotAllowed(GatewayError):
+    status, type = 405, "method_not_allowed"
+    message = "This route does not accept that method."
+
+
+class PayloadTooLarge(GatewayError):
+    status, type = 413, "payload_too_large"
+    message = "The request body is too large."
+
+
+class UnsupportedMediaType(GatewayError):
+    status, type = 415, "unsupported_media_type"
+    message = "Send the body as JSON with 'Content-Type: application/json'."
+
+
+class ValidationFailed(GatewayError):
+    status, type = 422, "validation_error"
+    message = "The request body is invalid; see 'fields' for what to change."
+
+
+class BackendError(GatewayError):
+    status, type = 502, "backend_error"
+    message = "The model backend answered with an error."
+
+
+class BackendRejected(BackendError):
+    status, type = 400, "backend_rejected"
+    message = "The model backend rejected the request."
+
+
+class BackendUnavailable(BackendError):
+    type = "backend_unavailable"
+    message = "The model backend cannot be reached."
+
+
+class BackendStreamBroken(BackendError):
+    type = "backend_stream_broken"
+    message = "The model backend dropped the stream before it finished."
+
+
+class BackendBusy(BackendError):
+    status, type = 503, "backend_busy"
+    message = "The model backend is busy; retry after the time in Retry-After."
+
+
+class NotReady(BackendError):
+    status, type = 503, "not_ready"
+    message = "The gateway cannot serve requests yet."
+
+
+class BackendTimeout(BackendError):
+    status, type = 504, "backend_timeout"
+    message = "The model backend did not answer in time."
+
+
+class HTTPError(GatewayError):
+    """An HTTP error raised by Flask or Werkzeug that has no class of its own."""
+
+    type = "http_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_HTTP_ERRORS: dict[int, type[GatewayError]] = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError:
+    """Return ``exc`` as a GatewayError; unknown exceptions become a bare 500."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, HTTPException):
+        cls = _HTTP_ERRORS.get(exc.code or 500)
+        if cls is None:
+            return HTTPError(exc.code or 500, exc.description or GatewayError.message)
+        methods = getattr(exc, "valid_methods", None)
+        return cls(headers={"Allow": ", ".join(methods)} if methods else None)
+    return GatewayError()
+
+
+def error_response(error: GatewayError) -> Response:
+    """Render ``error`` as the gateway's JSON error response."""
+    response = Response(orjson.dumps(error.to_dict()), status=error.status,
+                        mimetype="application/json")
+    response.headers.update(error.headers)
+    return response
+
+
+def handle_error(exc: BaseException) -> Response:
+    """Log ``exc`` as it deserves and answer with its JSON error response."""
+    error = as_gateway_error(exc)
+    if not isinstance(exc, (GatewayError, HTTPException)):
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+    elif error.status >= 500:
+        log.warning("%s: %s", error.type, error.message)
+    return error_response(error)

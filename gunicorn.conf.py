@@ -1,0 +1,55 @@
+"""Gunicorn settings for the gateway: flat, commented, every value from GATEWAY_*.
+
+Start it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
+"""
+
+import importlib.util
+import os
+import sys
+
+# Load app/config.py by path: importing the app package here would import Flask
+# and requests into the master, before gevent has patched the workers.
+_spec = importlib.util.spec_from_file_location(
+    "gateway_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", "config.py"))
+_config = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _config
+_spec.loader.exec_module(_config)
+_settings = _config.load_config()
+
+# Where to listen, e.g. 0.0.0.0:8080 (GATEWAY_BIND).
+bind = _settings["GATEWAY_BIND"]
+
+# gevent: each connection is a greenlet, so one worker holds thousands of
+# streams waiting on the GPU without a thread each.
+worker_class = "gevent"
+
+# One worker per core is enough: the work is I/O-bound (GATEWAY_WORKERS).
+workers = _settings["GATEWAY_WORKERS"]
+
+# Concurrent connections per worker (GATEWAY_WORKER_CONNECTIONS); the backend
+# connection pool is sized to match.
+worker_connections = _settings["GATEWAY_WORKER_CONNECTIONS"]
+
+# Never preload: the app must be created after gevent patches each worker, so
+# its sockets and connection pool are cooperative and not shared across forks.
+preload_app = False
+
+# A gevent worker's heartbeat runs in its own greenlet, so long streams do not
+# trip this; it only catches a worker whose event loop is truly stuck.
+timeout = 30
+
+# After SIGTERM, let in-flight requests and streams finish for this long.
+graceful_timeout = _settings["GATEWAY_GRACEFUL_TIMEOUT"]
+
+# Keep idle client connections (from a load balancer) open between requests.
+keepalive = 5
+
+# Log level of gunicorn's own messages (GATEWAY_LOG_LEVEL); errors go to stderr.
+loglevel = _settings["GATEWAY_LOG_LEVEL"]
+errorlog = "-"
+
+# No per-request access log line here: the gateway logs requests itself.
+accesslog = None
+
+# Large enough for a burst of new connections while workers are busy.
+backlog = 2048
