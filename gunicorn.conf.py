@@ -51,5 +51,9 @@ errorlog = "-"
 # No per-request access log line here: the gateway logs requests itself.
 accesslog = None
 
+# No control socket: the gateway is driven by signals, and several instances on
+# one machine would otherwise contend for the same socket path.
+control_socket_disable = True
+
 # Large enough for a burst of new connections while workers are busy.
 backlog = 2048

@@ -29,7 +29,7 @@ def configure_logging(level: str) -> None:
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create the gateway app; ``config`` overrides settings read from the environment."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config.from_mapping(load_config())
     app.config.update(config or {})
     configure_logging(app.config["GATEWAY_LOG_LEVEL"])

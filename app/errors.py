@@ -162,7 +162,9 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
 
 def error_response(error: GatewayError) -> Response:
     """Render ``error`` as the gateway's JSON error response."""
-    response = Response(orjson.dumps(error.to_dict()), status=error.status,
+    # Validation messages key list items by index: OPT_NON_STR_KEYS writes "0".
+    response = Response(orjson.dumps(error.to_dict(), option=orjson.OPT_NON_STR_KEYS),
+                        status=error.status,
                         mimetype="application/json")
     response.headers.update(error.headers)
     return response

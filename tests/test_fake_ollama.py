@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import requests
-from fake_ollama import BUSY_MSG, MODEL_ERROR_MSG, FakeOllama
+
+from tests.fake_ollama import BUSY_MSG, MODEL_ERROR_MSG, FakeOllama
 
 TIMEOUT = 5
 

@@ -1,0 +1,85 @@
+"""POST /v1/generate/stream and /v1/chat/stream relay pieces as SSE."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from flask.testing import FlaskClient
+
+from app.schemas.inference import StreamEvent
+from tests.fake_ollama import FakeOllama
+
+
+def parse_sse(raw: bytes) -> list[tuple[str | None, dict | None]]:
+    """Return (event name, data) per SSE event; comments as ("comment", None)."""
+    parsed: list[tuple[str | None, dict | None]] = []
+    for block in raw.decode().split("\n\n"):
+        if not block:
+            continue
+        if block.startswith(":"):
+            parsed.append(("comment", None))
+            continue
+        name, data = None, None
+        for line in block.split("\n"):
+            field, _, value = line.partition(": ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data = orjson.loads(value)
+        parsed.append((name, data))
+    return parsed
+
+
+@pytest.mark.parametrize(("route", "body"), [
+    ("/v1/generate/stream", {"prompt": "Hi", "max_tokens": 4}),
+    ("/v1/chat/stream", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}),
+], ids=["generate", "chat"])
+def test_stream_relays_every_piece(client: FlaskClient, fake_ollama: FakeOllama, route: str,
+                                   body: dict) -> None:
+    response = client.post(route, json=body)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    events = parse_sse(response.get_data())
+    assert [data["text"] for _, data in events[:-1]] == [" tok0", " tok1", " tok2", " tok3"]
+    name, done = events[-1]
+    assert name is None and done["done"] is True and done["done_reason"] == "length"
+    assert done["usage"]["completion_tokens"] == 4
+    assert all(StreamEvent().validate(data) == {} for _, data in events)
+    assert fake_ollama.requests_seen[0]["stream"] is True
+
+
+@pytest.mark.parametrize(("directive", "type_", "pieces"), [
+    ("[[sim:error-after=2]]", "backend_error", 2),
+    ("[[sim:die-after=3]]", "backend_stream_broken", 3),
+], ids=["error-line", "dropped-connection"])
+def test_failure_after_the_first_byte_is_an_error_event(client: FlaskClient, directive: str,
+                                                         type_: str, pieces: int) -> None:
+    response = client.post("/v1/generate/stream", json={"prompt": f"Hi {directive}"})
+    events = parse_sse(response.get_data())
+    assert response.status_code == 200
+    assert len([e for e in events if e[1] and "text" in e[1]]) == pieces
+    name, data = events[-1]
+    assert name == "error" and data["error"]["type"] == type_
+    assert StreamEvent().validate(data) == {}
+
+
+def test_silent_backend_gets_pings_then_a_timeout_event(make_app) -> None:
+    client = make_app(GATEWAY_HEARTBEAT_SECONDS=0.2, GATEWAY_READ_TIMEOUT=0.9).test_client()
+    response = client.post("/v1/generate/stream", json={"prompt": "[[sim:hang]]"})
+    events = parse_sse(response.get_data())
+    assert events.count(("comment", None)) >= 3
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["type"] == "backend_timeout"
+
+
+def test_closing_the_response_cancels_the_upstream(make_app, fake_ollama: FakeOllama) -> None:
+    client = make_app().test_client()
+    response = client.post("/v1/generate/stream",
+                           json={"prompt": "[[sim:tokens=500]] [[sim:itl=0.02]]"},
+                           buffered=False)
+    first = next(response.response)
+    assert first.startswith(b"data: ")
+    response.close()
+    assert fake_ollama.wait_for("cancelled", 1, timeout=3)

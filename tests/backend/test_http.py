@@ -1,0 +1,97 @@
+"""The one mapping from upstream failures to gateway errors is complete."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import requests
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from app.backend.http import error_for_status, map_exception, upstream_message
+from app.errors import (
+    BackendBusy,
+    BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+)
+
+REQUESTS_EXCEPTIONS = sorted(
+    (cls for _, cls in inspect.getmembers(requests.exceptions, inspect.isclass)
+     if issubclass(cls, requests.RequestException)),
+    key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize("exc_class", REQUESTS_EXCEPTIONS,
+                         ids=[cls.__name__ for cls in REQUESTS_EXCEPTIONS])
+def test_every_requests_exception_maps_to_a_backend_error(exc_class: type) -> None:
+    # JSONDecodeError also takes the (msg, doc, pos) arguments of json's.
+    args = ("boom", "{", 0) if issubclass(exc_class, ValueError) else ("boom",)
+    error = map_exception(exc_class(*args))
+    assert isinstance(error, BackendError)
+    assert error.status in (502, 503, 504)
+
+
+@pytest.mark.parametrize(("exc", "expected"), [
+    (requests.ConnectionError("refused"), BackendUnavailable),
+    (requests.ConnectTimeout("slow"), BackendTimeout),
+    (requests.ReadTimeout("silent"), BackendTimeout),
+    (requests.ConnectionError(ReadTimeoutError(None, "/", "silent mid-stream")), BackendTimeout),
+    (requests.exceptions.ChunkedEncodingError("cut"), BackendStreamBroken),
+    (requests.ConnectionError(ProtocolError("reset mid-stream")), BackendStreamBroken),
+    (requests.exceptions.InvalidURL("bad"), BackendError),
+], ids=["refused", "connect-timeout", "read-timeout", "read-timeout-mid-stream",
+        "chunked-cut", "protocol-error", "other"])
+def test_exception_mapping(exc: requests.RequestException, expected: type) -> None:
+    assert type(map_exception(exc)) is expected
+
+
+@pytest.mark.parametrize("status", range(400, 600), ids=str)
+def test_every_upstream_error_status_is_mapped(status: int) -> None:
+    error = error_for_status(status, b'{"error": "nope"}')
+    assert isinstance(error, (BackendError, ModelNotFound))
+    assert error.status != 500
+    assert error.type != "internal_error"
+
+
+@pytest.mark.parametrize(("status", "expected", "gateway_status"), [
+    (400, BackendRejected, 400),
+    (422, BackendRejected, 400),
+    (404, ModelNotFound, 404),
+    (429, BackendBusy, 503),
+    (503, BackendBusy, 503),
+    (504, BackendTimeout, 504),
+    (500, BackendError, 502),
+    (502, BackendError, 502),
+    (401, BackendError, 502),
+], ids=["400", "422", "404", "429", "503", "504", "500", "502", "401"])
+def test_status_mapping(status: int, expected: type, gateway_status: int) -> None:
+    error = error_for_status(status, b'{"error": "upstream says no"}')
+    assert type(error) is expected
+    assert error.status == gateway_status
+
+
+def test_rejection_carries_the_backend_message() -> None:
+    error = error_for_status(400, b'{"error": "invalid options: num_ctx"}')
+    assert error.message == "invalid options: num_ctx"
+
+
+@pytest.mark.parametrize(("retry_after", "expected"), [("7", "7"), (None, "1")],
+                         ids=["upstream", "default"])
+def test_busy_sets_retry_after(retry_after: str | None, expected: str) -> None:
+    error = error_for_status(503, b'{"error": "busy"}', retry_after)
+    assert error.headers["Retry-After"] == expected
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"error": "model \\"x\\" not found"}', 'model "x" not found'),
+    (b'{"error": {"message": "openai style", "type": "x"}}', "openai style"),
+    (b"<html>bad gateway</html>", "<html>bad gateway</html>"),
+    (b"", None),
+    (b"[1, 2]", None),
+], ids=["ollama", "openai", "html", "empty", "not-an-object"])
+def test_upstream_message(body: bytes, message: str | None) -> None:
+    assert upstream_message(body) == message

@@ -1,0 +1,205 @@
+"""The Ollama adapter, against mocked HTTP (responses)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import requests
+import responses
+
+from app.backend import OllamaBackend, TokenStream
+from app.backend.ollama import build_payload, read_line
+from app.errors import (
+    BackendBusy,
+    BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelNotFound,
+)
+from tests.conftest import MOCK_URL
+
+TIMEOUT = (1.5, 30.0)
+FINAL = {"done": True, "done_reason": "stop", "prompt_eval_count": 4, "eval_count": 2}
+
+
+@pytest.fixture
+def backend() -> OllamaBackend:
+    return OllamaBackend(MOCK_URL, connect_timeout=TIMEOUT[0], read_timeout=TIMEOUT[1],
+                         pool_size=8)
+
+
+def ndjson(*lines: dict[str, Any]) -> bytes:
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+def generate_request(**extra: Any) -> dict[str, Any]:
+    return {"model": "llama3.2", "prompt": "Hi", "max_tokens": 16, "temperature": 0.2, **extra}
+
+
+def test_payload_maps_options_to_ollama_names() -> None:
+    payload = build_payload("generate", generate_request(top_p=0.9, top_k=5, stop=["\n"],
+                                                         seed=7, system="Be brief"), False)
+    assert payload == {"model": "llama3.2", "prompt": "Hi", "system": "Be brief",
+                       "stream": False,
+                       "options": {"num_predict": 16, "temperature": 0.2, "top_p": 0.9,
+                                   "top_k": 5, "stop": ["\n"], "seed": 7}}
+
+
+def test_chat_payload_carries_messages() -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    payload = build_payload("chat", {"model": "m", "messages": messages, "max_tokens": 3}, True)
+    assert payload == {"model": "m", "messages": messages, "stream": True,
+                       "options": {"num_predict": 3}}
+
+
+def test_complete_generate(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{MOCK_URL}/api/generate",
+                json={"model": "llama3.2", "response": "Hello there", **FINAL})
+    completion = backend.complete("generate", generate_request())
+    assert (completion.text, completion.done_reason) == ("Hello there", "stop")
+    assert completion.usage.to_dict() == {"prompt_tokens": 4, "completion_tokens": 2,
+                                          "total_tokens": 6}
+    sent = json.loads(mocked.calls[0].request.body)
+    assert sent["stream"] is False and sent["options"]["num_predict"] == 16
+
+
+def test_complete_chat(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{MOCK_URL}/api/chat", json={
+        "model": "llama3.2", "message": {"role": "assistant", "content": "Yes"}, **FINAL})
+    completion = backend.complete("chat", {"model": "llama3.2", "max_tokens": 4,
+                                           "messages": [{"role": "user", "content": "Ok?"}]})
+    assert completion.text == "Yes"
+
+
+def test_every_call_passes_connect_and_read_timeouts(
+        backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{MOCK_URL}/api/generate", json={"response": "x", **FINAL})
+    mocked.post(f"{MOCK_URL}/api/chat", body=ndjson({"message": {"content": "x"}}, FINAL))
+    mocked.get(f"{MOCK_URL}/api/tags", json={"models": []})
+    mocked.get(f"{MOCK_URL}/api/version", json={"version": "0.12.0"})
+    backend.complete("generate", generate_request())
+    stream = backend.stream("chat", {"model": "m", "messages": []})
+    list(stream)
+    stream.close()
+    backend.list_models()
+    backend.version(2.0)
+    timeouts = [call.request.req_kwargs["timeout"] for call in mocked.calls]
+    assert timeouts == [TIMEOUT, TIMEOUT, TIMEOUT, (2.0, 2.0)]
+
+
+def test_stream_yields_pieces_then_usage(backend: OllamaBackend,
+                                         mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{MOCK_URL}/api/generate",
+                body=ndjson({"response": "Hel"}, {"response": "lo"}, {"response": "", **FINAL}))
+    stream = backend.stream("generate", generate_request())
+    assert list(stream) == ["Hel", "lo"]
+    assert stream.done_reason == "stop" and stream.usage.completion_tokens == 2
+    assert json.loads(mocked.calls[0].request.body)["stream"] is True
+    stream.close()
+
+
+class FakeResponse:
+    """A streamed response whose body arrives in the given chunks."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks, self.closed = chunks, False
+        self.raw = None
+
+    def iter_content(self, chunk_size: int | None) -> Iterator[bytes]:
+        yield from self.chunks
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("chunks", [
+    [b'{"response":"a"}\n{"response":"b"}\n', b'{"done":true,"eval_count":2}\n'],
+    [b'{"respo', b'nse":"a"}\n{"response"', b':"b"}\n{"done":true,"eval_count":2}'],
+    [b'{"response":"a"}\n\n', b'{"response":"b"}\n{"done":true,"eval_count":2}\n\n'],
+], ids=["whole-lines", "split-lines", "blank-lines"])
+def test_stream_reassembles_lines_across_chunks(chunks: list[bytes]) -> None:
+    stream = TokenStream(FakeResponse(chunks), "m", read_line)  # type: ignore[arg-type]
+    assert list(stream) == ["a", "b"]
+    assert stream.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize(("chunks", "error"), [
+    ([b'{"response":"a"}\n', b'{"error":"CUDA out of memory"}\n'], BackendError),
+    ([b'{"response":"a"}\n'], BackendStreamBroken),
+    ([b'{"response":"a"}\n', b"not json\n"], BackendError),
+    ([b'["a list"]\n'], BackendError),
+], ids=["error-line", "no-final-line", "garbage", "not-an-object"])
+def test_stream_failures_raise(chunks: list[bytes], error: type) -> None:
+    stream = TokenStream(FakeResponse(chunks), "m", read_line)  # type: ignore[arg-type]
+    with pytest.raises(error):
+        list(stream)
+
+
+def test_error_line_message_reaches_the_client() -> None:
+    stream = TokenStream(FakeResponse([b'{"error":"CUDA out of memory"}\n']), "m",
+                         read_line)  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match="CUDA out of memory"):
+        list(stream)
+
+
+@pytest.mark.parametrize(("finished", "aborted"), [(True, False), (False, True)],
+                         ids=["finished-keeps-connection", "unfinished-aborts"])
+def test_close_is_idempotent(finished: bool, aborted: bool,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr("app.backend.base.abort_response", lambda r: calls.append("abort"))
+    response = FakeResponse([])
+    stream = TokenStream(response, "m", read_line)  # type: ignore[arg-type]
+    stream.finished = finished
+    stream.close()
+    stream.close()
+    assert calls == (["abort"] if aborted else [])
+    assert response.closed is finished
+
+
+@pytest.mark.parametrize(("mock", "error"), [
+    ({"body": requests.ConnectionError("refused")}, BackendUnavailable),
+    ({"body": requests.ConnectTimeout("slow")}, BackendTimeout),
+    ({"body": requests.ReadTimeout("silent")}, BackendTimeout),
+    ({"status": 404, "json": {"error": 'model "x" not found'}}, ModelNotFound),
+    ({"status": 503, "json": {"error": "busy"}}, BackendBusy),
+    ({"status": 400, "json": {"error": "bad option"}}, BackendRejected),
+    ({"status": 500, "json": {"error": "boom"}}, BackendError),
+    ({"status": 200, "body": b"<html>"}, BackendError),
+], ids=["refused", "connect-timeout", "read-timeout", "404", "503", "400", "500", "not-json"])
+@pytest.mark.parametrize("kind", ["complete", "stream"])
+def test_upstream_failures_map_to_gateway_errors(
+        backend: OllamaBackend, mocked: responses.RequestsMock, kind: str,
+        mock: dict[str, Any], error: type) -> None:
+    if kind == "stream" and mock.get("body") == b"<html>":
+        pytest.skip("a streamed body is only read when iterated")
+    mocked.post(f"{MOCK_URL}/api/generate", **mock)
+    with pytest.raises(error):
+        getattr(backend, kind)("generate", generate_request())
+
+
+def test_list_models_and_version(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
+    mocked.get(f"{MOCK_URL}/api/tags", json={"models": [{"name": "llama3.2:latest"}]})
+    mocked.get(f"{MOCK_URL}/api/version", json={"version": "0.12.0"})
+    assert backend.list_models() == [{"name": "llama3.2:latest"}]
+    assert backend.version(1.0) == "0.12.0"
+
+
+def test_each_process_gets_its_own_session(backend: OllamaBackend,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    first = backend.session
+    assert backend.session is first
+    monkeypatch.setattr("app.backend.ollama.os.getpid", lambda: -1)
+    assert backend.session is not first
+
+
+def test_session_pool_matches_worker_connections(backend: OllamaBackend) -> None:
+    adapter = backend.session.get_adapter(MOCK_URL)
+    assert adapter._pool_maxsize == 8
+    assert adapter.max_retries.total == 0

@@ -1,0 +1,58 @@
+"""Settings come from GATEWAY_* variables, typed, with documented defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.config import SETTINGS, ConfigError, load_config
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def test_defaults_without_environment() -> None:
+    config = load_config({})
+    assert config["GATEWAY_OLLAMA_URL"] == "http://127.0.0.1:11434"
+    assert config["GATEWAY_BIND"] == "0.0.0.0:8080"
+    assert config["GATEWAY_AUTH_DISABLED"] is False
+    assert set(config) == {s.name for s in SETTINGS}
+
+
+@pytest.mark.parametrize(("name", "raw", "value"), [
+    ("GATEWAY_OLLAMA_URL", "http://gpu:11434/", "http://gpu:11434"),
+    ("GATEWAY_WORKERS", "4", 4),
+    ("GATEWAY_READ_TIMEOUT", "2.5", 2.5),
+    ("GATEWAY_AUTH_DISABLED", "1", True),
+    ("GATEWAY_RATE_LIMIT_DISABLED", "true", True),
+    ("GATEWAY_AUTH_DISABLED", "off", False),
+], ids=["url-slash", "int", "float", "bool-1", "bool-true", "bool-off"])
+def test_values_are_parsed(name: str, raw: str, value: object) -> None:
+    assert load_config({name: raw})[name] == value
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("GATEWAY_OLLAMA_URL", "gpu:11434"),
+    ("GATEWAY_WORKERS", "two"),
+    ("GATEWAY_WORKERS", "0"),
+    ("GATEWAY_READ_TIMEOUT", "-1"),
+    ("GATEWAY_AUTH_DISABLED", "maybe"),
+], ids=["url-scheme", "int-word", "int-zero", "negative-timeout", "bool-word"])
+def test_bad_values_name_the_variable(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config({name: raw})
+
+
+def test_app_config_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_DEFAULT_MODEL", "from-env")
+    monkeypatch.setenv("GATEWAY_MAX_TOKENS", "99")
+    app = create_app({"GATEWAY_DEFAULT_MODEL": "from-override"})
+    state = app.extensions["inference_gateway"]
+    assert state.config["GATEWAY_DEFAULT_MODEL"] == "from-override"
+    assert state.config["GATEWAY_MAX_TOKENS"] == 99
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_every_setting_is_documented(setting) -> None:
+    assert f"`{setting.name}`" in DOCS.read_text()

@@ -1,0 +1,108 @@
+"""SSE encoding, heartbeats, and closing the upstream whatever happens."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from app.backend import Usage
+from app.errors import BackendStreamBroken
+from app.sse import HEARTBEAT, PING, sse_events, sse_response, with_heartbeat
+
+
+class StubStream:
+    """A TokenStream stand-in: yields pieces, then fails or finishes."""
+
+    def __init__(self, pieces: list[str], fail: Exception | None = None,
+                 pause: float = 0.0) -> None:
+        self.pieces, self.fail, self.pause = pieces, fail, pause
+        self.model, self.done_reason, self.usage = "m", "stop", Usage(3, len(pieces))
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self.pieces:
+            time.sleep(self.pause)
+            yield piece
+        if self.fail:
+            raise self.fail
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def events(raw: list[bytes]) -> list[tuple[str | None, dict | None]]:
+    """Parse encoded SSE events into (event name, data) pairs; comments as (None, None)."""
+    parsed = []
+    for chunk in raw:
+        if chunk.startswith(b":"):
+            parsed.append((None, None))
+            continue
+        name, data = None, None
+        for line in chunk.decode().strip().split("\n"):
+            field, _, value = line.partition(": ")
+            if field == "event":
+                name = value
+            elif field == "data":
+                data = orjson.loads(value)
+        parsed.append((name, data))
+    return parsed
+
+
+def test_pieces_then_done() -> None:
+    stream = StubStream(["Hel", "lo \"q\""])
+    got = events(list(sse_events(stream, heartbeat=5)))  # type: ignore[arg-type]
+    assert got == [(None, {"text": "Hel"}), (None, {"text": 'lo "q"'}),
+                   (None, {"done": True, "done_reason": "stop",
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                                     "total_tokens": 5}})]
+    assert stream.closed
+
+
+@pytest.mark.parametrize(("fail", "type_"), [
+    (BackendStreamBroken(), "backend_stream_broken"),
+    (RuntimeError("internal secret"), "internal_error"),
+], ids=["gateway-error", "unexpected"])
+def test_failure_mid_stream_ends_with_an_error_event(fail: Exception, type_: str) -> None:
+    stream = StubStream(["a"], fail=fail)
+    raw = list(sse_events(stream, heartbeat=5))  # type: ignore[arg-type]
+    name, data = events(raw)[-1]
+    assert name == "error" and data["error"]["type"] == type_
+    assert b"secret" not in b"".join(raw)
+    assert stream.closed
+
+
+def test_client_leaving_closes_the_upstream() -> None:
+    stream = StubStream(["a", "b", "c"])
+    gen = sse_events(stream, heartbeat=5)  # type: ignore[arg-type]
+    next(gen)
+    gen.close()
+    assert stream.closed
+
+
+def test_response_closes_a_stream_that_never_started() -> None:
+    stream = StubStream(["a"])
+    response = sse_response(stream, heartbeat=5)  # type: ignore[arg-type]
+    response.close()
+    assert stream.closed
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert response.mimetype == "text/event-stream"
+
+
+def test_heartbeat_during_silence() -> None:
+    items = list(with_heartbeat(StubStream(["a", "b"], pause=0.25), interval=0.1))
+    assert items[-1] == "b" and [i for i in items if i != HEARTBEAT] == ["a", "b"]
+    assert items.count(HEARTBEAT) >= 2
+
+
+def test_heartbeat_is_encoded_as_a_comment() -> None:
+    raw = list(sse_events(StubStream(["a"], pause=0.25), heartbeat=0.1))  # type: ignore[arg-type]
+    assert PING in raw and raw[-2].startswith(b"data: ")
+
+
+def test_heartbeat_reraises_the_source_failure() -> None:
+    with pytest.raises(BackendStreamBroken):
+        list(with_heartbeat(StubStream(["a"], fail=BackendStreamBroken()), interval=1))
