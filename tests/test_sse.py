@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import orjson
@@ -10,22 +9,20 @@ import pytest
 
 from app.backend import Usage
 from app.errors import BackendStreamBroken
-from app.sse import HEARTBEAT, PING, sse_events, sse_response, with_heartbeat
+from app.sse import PING, encode_pieces, sse_events, sse_response
 
 
 class StubStream:
-    """A TokenStream stand-in: yields pieces, then fails or finishes."""
+    """A TokenStream stand-in: yields batches (None stands for silence), then fails or ends."""
 
-    def __init__(self, pieces: list[str], fail: Exception | None = None,
-                 pause: float = 0.0) -> None:
-        self.pieces, self.fail, self.pause = pieces, fail, pause
-        self.model, self.done_reason, self.usage = "m", "stop", Usage(3, len(pieces))
+    def __init__(self, pieces: list[str | None], fail: Exception | None = None) -> None:
+        self.pieces, self.fail = pieces, fail
+        self.model, self.done_reason, self.usage = "m", "stop", Usage(3, 2)
         self.closed = 0
 
-    def __iter__(self) -> Iterator[str]:
+    def batches(self, heartbeat: float) -> Iterator[list[str]]:
         for piece in self.pieces:
-            time.sleep(self.pause)
-            yield piece
+            yield [] if piece is None else [piece]
         if self.fail:
             raise self.fail
 
@@ -92,17 +89,11 @@ def test_response_closes_a_stream_that_never_started() -> None:
     assert response.mimetype == "text/event-stream"
 
 
-def test_heartbeat_during_silence() -> None:
-    items = list(with_heartbeat(StubStream(["a", "b"], pause=0.25), interval=0.1))
-    assert items[-1] == "b" and [i for i in items if i != HEARTBEAT] == ["a", "b"]
-    assert items.count(HEARTBEAT) >= 2
+def test_silence_is_sent_as_a_ping_comment() -> None:
+    raw = list(sse_events(StubStream(["a", None, "b"]), heartbeat=1))  # type: ignore[arg-type]
+    assert raw[1] == PING
+    assert [name for name, _ in events(raw)] == [None, None, None, None]
 
 
-def test_heartbeat_is_encoded_as_a_comment() -> None:
-    raw = list(sse_events(StubStream(["a"], pause=0.25), heartbeat=0.1))  # type: ignore[arg-type]
-    assert PING in raw and raw[-2].startswith(b"data: ")
-
-
-def test_heartbeat_reraises_the_source_failure() -> None:
-    with pytest.raises(BackendStreamBroken):
-        list(with_heartbeat(StubStream(["a"], fail=BackendStreamBroken()), interval=1))
+def test_pieces_that_arrived_together_leave_in_one_write() -> None:
+    assert encode_pieces(["a", "b"]) == b'data: {"text":"a"}\n\ndata: {"text":"b"}\n\n'

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 import requests
 
+from app.backend.body import SILENCE, BodyReader
 from app.backend.http import abort_response, translate_errors
-from app.errors import BackendError, BackendStreamBroken
+from app.errors import BackendError, BackendStreamBroken, GatewayError
 
 # Takes one decoded upstream line; returns its text piece, or None when the line
 # is the final one (after it has recorded the usage on the stream).
@@ -42,41 +43,65 @@ class Completion:
 
 
 class TokenStream:
-    """Iterate the text pieces of one upstream stream, then expose how it ended.
+    """The text pieces of one upstream stream, as they arrive, then how it ended.
 
-    Iterating yields ``str`` pieces as the backend sends them. When iteration
-    ends, ``done_reason`` and ``usage`` hold the backend's final figures. A
-    failure mid-stream raises a GatewayError. ``close()`` may be called at any
-    time, from any thread, as often as wanted; it stops the upstream generation.
+    ``batches()`` yields the pieces that arrived together (an empty list after
+    each heartbeat interval of backend silence); iterating yields single
+    pieces. When the stream has ended, ``done_reason`` and ``usage`` hold the
+    backend's final figures. A failure mid-stream raises a GatewayError.
+    ``close()`` may be called at any time, as often as wanted; it stops the
+    upstream generation when the stream has not ended.
     """
 
-    def __init__(self, response: requests.Response, model: str, read_line: LineReader) -> None:
+    def __init__(self, response: requests.Response, model: str, read_line: LineReader,
+                 read_timeout: float) -> None:
         self.model = model
         self.done_reason: str | None = None
         self.usage = Usage()
         self.finished = False
         self._response = response
+        self._body = BodyReader(response, read_timeout)
         self._read_line = read_line
+        self._read_timeout = read_timeout
         self._closed = False
 
     def __iter__(self) -> Iterator[str]:
+        for batch in self.batches(self._read_timeout):
+            yield from batch
+
+    def batches(self, heartbeat: float) -> Iterator[list[str]]:
+        """Yield lists of pieces as they arrive; ``[]`` after each heartbeat of silence."""
         pending = b""
         with translate_errors():
-            for chunk in self._response.iter_content(chunk_size=None):
-                if b"\n" not in chunk:
-                    pending += chunk
+            for payload in self._body.read(heartbeat):
+                if payload is SILENCE:
+                    yield []
                     continue
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    piece = self._decode(line)
-                    if piece:
-                        yield piece
-        if pending.strip():
-            piece = self._decode(pending)
-            if piece:
-                yield piece
+                if b"\n" not in payload:
+                    pending += payload
+                    continue
+                *lines, pending = (pending + payload).split(b"\n")
+                yield from self._decode_lines(lines)
+        piece = self._decode(pending)
+        if piece:
+            yield [piece]
         if not self.finished:
             raise BackendStreamBroken()
+
+    def _decode_lines(self, lines: list[bytes]) -> Iterator[list[str]]:
+        """Yield the pieces of ``lines``; those before a failing line reach the client first."""
+        pieces: list[str] = []
+        for line in lines:
+            try:
+                piece = self._decode(line)
+            except GatewayError:
+                if pieces:
+                    yield pieces
+                raise
+            if piece:
+                pieces.append(piece)
+        if pieces:
+            yield pieces
 
     def _decode(self, line: bytes) -> str | None:
         if self.finished or not line.strip():
@@ -98,11 +123,11 @@ class TokenStream:
         self.done_reason, self.usage, self.finished = done_reason, usage, True
 
     def close(self) -> None:
-        """Release the upstream response; abort it if it has not finished."""
+        """Release the upstream response; abort it if its body has not been read."""
         if self._closed:
             return
         self._closed = True
-        if self.finished:
+        if self._body.complete:
             self._response.close()
         else:
             abort_response(self._response)

@@ -9,10 +9,16 @@ import orjson
 import requests
 
 from app.backend.base import Completion, TokenStream, Usage
-from app.backend.http import make_session, raise_for_status, translate_errors, upstream_message
+from app.backend.http import (
+    make_session,
+    prepare,
+    raise_for_status,
+    send,
+    translate_errors,
+    upstream_message,
+)
 from app.errors import BackendError
 
-JSON_HEADERS = {"Content-Type": "application/json"}
 # Gateway option name -> Ollama option name.
 OPTION_NAMES = {"max_tokens": "num_predict", "temperature": "temperature", "top_p": "top_p",
                 "top_k": "top_k", "stop": "stop", "seed": "seed"}
@@ -73,10 +79,8 @@ class OllamaBackend:
         return self._session
 
     def _post(self, path: str, payload: dict[str, Any], stream: bool) -> requests.Response:
-        with translate_errors():
-            response = self.session.post(self.base_url + path, data=orjson.dumps(payload),
-                                         headers=JSON_HEADERS, timeout=self.timeout,
-                                         stream=stream)
+        request = prepare("POST", self.base_url + path, orjson.dumps(payload))
+        response = send(self.session, request, stream=stream, timeout=self.timeout)
         raise_for_status(response)
         return response
 
@@ -98,11 +102,11 @@ class OllamaBackend:
     def stream(self, kind: str, request: dict[str, Any]) -> TokenStream:
         """Start a streamed generation; the caller must close the returned stream."""
         response = self._post(ENDPOINTS[kind], build_payload(kind, request, True), True)
-        return TokenStream(response, request["model"], read_line)
+        return TokenStream(response, request["model"], read_line, self.timeout[1])
 
     def _get_json(self, path: str, timeout: tuple[float, float]) -> dict[str, Any]:
-        with translate_errors():
-            response = self.session.get(self.base_url + path, timeout=timeout)
+        response = send(self.session, prepare("GET", self.base_url + path), stream=False,
+                        timeout=timeout)
         raise_for_status(response)
         with translate_errors():
             body = response.content

@@ -41,10 +41,10 @@ def test_every_requests_exception_maps_to_a_backend_error(exc_class: type) -> No
     (requests.ReadTimeout("silent"), BackendTimeout),
     (requests.ConnectionError(ReadTimeoutError(None, "/", "silent mid-stream")), BackendTimeout),
     (requests.exceptions.ChunkedEncodingError("cut"), BackendStreamBroken),
-    (requests.ConnectionError(ProtocolError("reset mid-stream")), BackendStreamBroken),
+    (requests.ConnectionError(ProtocolError("aborted before the answer")), BackendUnavailable),
     (requests.exceptions.InvalidURL("bad"), BackendError),
 ], ids=["refused", "connect-timeout", "read-timeout", "read-timeout-mid-stream",
-        "chunked-cut", "protocol-error", "other"])
+        "chunked-cut", "aborted", "other"])
 def test_exception_mapping(exc: requests.RequestException, expected: type) -> None:
     assert type(map_exception(exc)) is expected
 

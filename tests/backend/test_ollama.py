@@ -109,7 +109,7 @@ class FakeResponse:
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks, self.closed = chunks, False
-        self.raw = None
+        self.raw, self.headers = None, {}
 
     def iter_content(self, chunk_size: int | None) -> Iterator[bytes]:
         yield from self.chunks
@@ -124,7 +124,7 @@ class FakeResponse:
     [b'{"response":"a"}\n\n', b'{"response":"b"}\n{"done":true,"eval_count":2}\n\n'],
 ], ids=["whole-lines", "split-lines", "blank-lines"])
 def test_stream_reassembles_lines_across_chunks(chunks: list[bytes]) -> None:
-    stream = TokenStream(FakeResponse(chunks), "m", read_line)  # type: ignore[arg-type]
+    stream = TokenStream(FakeResponse(chunks), "m", read_line, 5.0)  # type: ignore[arg-type]
     assert list(stream) == ["a", "b"]
     assert stream.usage.completion_tokens == 2
 
@@ -136,27 +136,27 @@ def test_stream_reassembles_lines_across_chunks(chunks: list[bytes]) -> None:
     ([b'["a list"]\n'], BackendError),
 ], ids=["error-line", "no-final-line", "garbage", "not-an-object"])
 def test_stream_failures_raise(chunks: list[bytes], error: type) -> None:
-    stream = TokenStream(FakeResponse(chunks), "m", read_line)  # type: ignore[arg-type]
+    stream = TokenStream(FakeResponse(chunks), "m", read_line, 5.0)  # type: ignore[arg-type]
     with pytest.raises(error):
         list(stream)
 
 
 def test_error_line_message_reaches_the_client() -> None:
     stream = TokenStream(FakeResponse([b'{"error":"CUDA out of memory"}\n']), "m",
-                         read_line)  # type: ignore[arg-type]
+                         read_line, 5.0)  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="CUDA out of memory"):
         list(stream)
 
 
 @pytest.mark.parametrize(("finished", "aborted"), [(True, False), (False, True)],
-                         ids=["finished-keeps-connection", "unfinished-aborts"])
+                         ids=["read-whole-keeps-connection", "unfinished-aborts"])
 def test_close_is_idempotent(finished: bool, aborted: bool,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr("app.backend.base.abort_response", lambda r: calls.append("abort"))
     response = FakeResponse([])
-    stream = TokenStream(response, "m", read_line)  # type: ignore[arg-type]
-    stream.finished = finished
+    stream = TokenStream(response, "m", read_line, 5.0)  # type: ignore[arg-type]
+    stream._body.complete = finished
     stream.close()
     stream.close()
     assert calls == (["abort"] if aborted else [])

@@ -40,7 +40,7 @@ BODY_FAULTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
 }
 # id: (prompt, text pieces before the error, error event type)
 STREAM_FAULTS = {
-    "die-after-3": ("[[sim:die-after=3]] [[sim:itl=0.02]]", 3, "backend_stream_broken"),
+    "die-after-3": ("[[sim:die-after=3]] [[sim:itl=0.1]]", 3, "backend_stream_broken"),
     "error-after-3": ("[[sim:error-after=3]] [[sim:itl=0.02]]", 3, "backend_error"),
     "hang": ("[[sim:hang]]", 0, "backend_timeout"),
 }
