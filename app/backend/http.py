@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 import requests
@@ -56,13 +57,26 @@ def send(session: requests.Session, request: requests.PreparedRequest, *, stream
                             proxies={})
 
 
+class BackendAdapter(HTTPAdapter):
+    """An HTTPAdapter for backend traffic, which carries no cookies."""
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        """Wrap urllib3's response without the cookie-jar and charset work."""
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
+        response.raw, response.reason = resp, resp.reason
+        response.url, response.request, response.connection = req.url, req, self
+        return response
+
+
 def make_session(pool_size: int) -> requests.Session:
     """Return a Session whose pool holds one connection per concurrent request."""
     session = requests.Session()
     # Retries are the router's decision, never urllib3's: a retried POST could
     # run a generation twice on the GPU.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0,
-                          pool_block=False)
+    adapter = BackendAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0,
+                             pool_block=False)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     # The environment's proxies must not silently reroute GPU traffic.
