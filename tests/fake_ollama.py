@@ -132,6 +132,7 @@ class FakeOllama:
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._seen: list[dict[str, Any]] = []
         self._conns: set[socket.socket] = set()
+        self.connections_accepted = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -246,6 +247,7 @@ class FakeOllama:
         with self._lock:
             if add:
                 self._conns.add(conn)
+                self.connections_accepted += 1
             else:
                 self._conns.discard(conn)
 
