@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import orjson
 import pytest
 
 from app.backend import Usage
 from app.errors import BackendStreamBroken
 from app.sse import PING, encode_pieces, sse_events, sse_response
+from tests.sse import COMMENT, parse_sse
 
 
 class StubStream:
@@ -31,21 +31,8 @@ class StubStream:
 
 
 def events(raw: list[bytes]) -> list[tuple[str | None, dict | None]]:
-    """Parse encoded SSE events into (event name, data) pairs; comments as (None, None)."""
-    parsed = []
-    for chunk in raw:
-        if chunk.startswith(b":"):
-            parsed.append((None, None))
-            continue
-        name, data = None, None
-        for line in chunk.decode().strip().split("\n"):
-            field, _, value = line.partition(": ")
-            if field == "event":
-                name = value
-            elif field == "data":
-                data = orjson.loads(value)
-        parsed.append((name, data))
-    return parsed
+    """Parse the encoded writes of a stream into (event name, data) pairs."""
+    return parse_sse(b"".join(raw))
 
 
 def test_pieces_then_done() -> None:
@@ -92,7 +79,7 @@ def test_response_closes_a_stream_that_never_started() -> None:
 def test_silence_is_sent_as_a_ping_comment() -> None:
     raw = list(sse_events(StubStream(["a", None, "b"]), heartbeat=1))  # type: ignore[arg-type]
     assert raw[1] == PING
-    assert [name for name, _ in events(raw)] == [None, None, None, None]
+    assert events(raw)[1] == COMMENT
 
 
 def test_pieces_that_arrived_together_leave_in_one_write() -> None:

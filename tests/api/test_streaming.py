@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import orjson
 import pytest
 from flask.testing import FlaskClient
 
 from app.schemas.inference import StreamEvent
 from tests.fake_ollama import FakeOllama
-
-
-def parse_sse(raw: bytes) -> list[tuple[str | None, dict | None]]:
-    """Return (event name, data) per SSE event; comments as ("comment", None)."""
-    parsed: list[tuple[str | None, dict | None]] = []
-    for block in raw.decode().split("\n\n"):
-        if not block:
-            continue
-        if block.startswith(":"):
-            parsed.append(("comment", None))
-            continue
-        name, data = None, None
-        for line in block.split("\n"):
-            field, _, value = line.partition(": ")
-            if field == "event":
-                name = value
-            elif field == "data":
-                data = orjson.loads(value)
-        parsed.append((name, data))
-    return parsed
+from tests.sse import COMMENT, parse_sse
 
 
 @pytest.mark.parametrize(("route", "body"), [
@@ -69,7 +49,7 @@ def test_silent_backend_gets_pings_then_a_timeout_event(make_app) -> None:
     client = make_app(GATEWAY_HEARTBEAT_SECONDS=0.2, GATEWAY_READ_TIMEOUT=0.9).test_client()
     response = client.post("/v1/generate/stream", json={"prompt": "[[sim:hang]]"})
     events = parse_sse(response.get_data())
-    assert events.count(("comment", None)) >= 3
+    assert events.count(COMMENT) >= 3
     assert events[-1][0] == "error"
     assert events[-1][1]["error"]["type"] == "backend_timeout"
 
