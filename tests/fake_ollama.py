@@ -380,6 +380,8 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         """Register the connection so stop() can drop it."""
         super().setup()
+        # Go servers (real Ollama) disable Nagle: each NDJSON line leaves at once.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake.track(self.connection, add=True)
 
     def finish(self) -> None:

@@ -103,7 +103,7 @@ class BodyReader:
                      heartbeat: float) -> Iterator[bytes | None]:
         decoder = ChunkedDecoder() if self.response.raw.chunked else None
         length = self.response.raw.length_remaining
-        for data in self._recv(sock, buffered, min(heartbeat, self.read_timeout)):
+        for data in self._recv(sock, buffered, heartbeat):
             if data is SILENCE:
                 yield SILENCE
                 continue
@@ -121,28 +121,36 @@ class BodyReader:
         self.complete = True  # a body delimited by the connection closing
 
     def _recv(self, sock: socket.socket, buffered: object,
-              wait: float) -> Iterator[bytes | None]:
+              heartbeat: float) -> Iterator[bytes | None]:
         # Bytes read ahead with the headers sit in the buffered reader: take
         # them without blocking, then read the socket itself.
         sock.settimeout(0.0)
         first = buffered.read1(READ_SIZE)  # type: ignore[attr-defined]
         if first:
             yield first
+        full_wait = wait = min(heartbeat, self.read_timeout)
         sock.settimeout(wait)
         last_data = time.monotonic()
         while True:
             try:
                 data = sock.recv(READ_SIZE)
             except (socket.timeout, BlockingIOError):
-                if time.monotonic() - last_data >= self.read_timeout:
+                silent = time.monotonic() - last_data
+                if silent >= self.read_timeout:
                     raise BackendTimeout() from None
                 yield SILENCE
+                # Never wait past the read timeout for the next heartbeat.
+                wait = min(heartbeat, self.read_timeout - silent)
+                sock.settimeout(wait)
                 continue
             except OSError as exc:
                 raise BackendStreamBroken() from exc
             if not data:
                 return
             last_data = time.monotonic()
+            if wait != full_wait:
+                wait = full_wait
+                sock.settimeout(wait)
             yield data
 
     def _release(self) -> None:
