@@ -7,6 +7,7 @@ Every setting is a ``GATEWAY_*`` variable with a typed, documented default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,23 @@ def parse_positive_int(raw: str) -> int:
     if value <= 0:
         raise ValueError(f"expected an integer > 0, got {raw!r}")
     return value
+
+
+def parse_non_negative_int(raw: str) -> int:
+    """Parse an integer of zero or more."""
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {raw!r}")
+    return value
+
+
+def parse_limit(raw: str) -> str:
+    """Check a rate limit such as '60/minute;1000/hour'."""
+    pattern = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
+    parts = [part for part in raw.split(";") if part.strip()]
+    if not parts or not all(pattern.match(part) for part in parts):
+        raise ValueError(f"expected limits such as '60/minute;1000/hour', got {raw!r}")
+    return raw.strip()
 
 
 def parse_url(raw: str) -> str:
@@ -89,9 +107,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_GRACEFUL_TIMEOUT", parse_positive_int, 30,
             "Seconds gunicorn lets in-flight requests finish after SIGTERM."),
     Setting("GATEWAY_AUTH_DISABLED", parse_bool, False,
-            "Accepted now; turns API-key authentication off once access control lands."),
+            "Turn API-key authentication off (trusted networks and benchmarks only)."),
+    Setting("GATEWAY_API_KEYS", str, "",
+            "Comma-separated API keys, each optionally 'name:key'; for quick set-ups."),
+    Setting("GATEWAY_API_KEYS_FILE", str, "gateway-keys.json",
+            "JSON file of named, hashed keys with per-key settings (flask keys ...); "
+            "re-read when it changes."),
     Setting("GATEWAY_RATE_LIMIT_DISABLED", parse_bool, False,
-            "Accepted now; turns rate limiting off once access control lands."),
+            "Turn request-rate, token and stream limits off."),
+    Setting("GATEWAY_RATE_LIMIT", parse_limit, "60/minute;1000/hour",
+            "Default request-rate limit per key (per client address without auth); "
+            "';'-separated."),
+    Setting("GATEWAY_TOKENS_PER_MINUTE", parse_non_negative_int, 0,
+            "Default token budget (prompt + completion) per key per minute; 0: none."),
+    Setting("GATEWAY_MAX_STREAMS", parse_non_negative_int, 0,
+            "Default cap on concurrent streams per key; 0: none."),
+    Setting("GATEWAY_REDIS_URL", str, "",
+            "Redis for limits shared by every worker and replica; empty: per-worker memory."),
+    Setting("GATEWAY_REDIS_FAIL_OPEN", parse_bool, True,
+            "When Redis is unreachable: 1 lets requests pass (warning once per outage), "
+            "0 answers 503."),
+    Setting("GATEWAY_REDIS_TIMEOUT", parse_positive_float, 0.25,
+            "Seconds a Redis call may take before it counts as unreachable."),
+    Setting("GATEWAY_TRUSTED_PROXIES", parse_non_negative_int, 0,
+            "Proxies in front of the gateway whose X-Forwarded-* headers are trusted."),
+    Setting("GATEWAY_CORS_ORIGINS", str, "",
+            "Comma-separated origins allowed by CORS; empty: CORS off."),
 )
 
 

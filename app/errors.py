@@ -5,12 +5,16 @@ Every error the gateway answers with is a ``GatewayError``::
     GatewayError (500 internal_error)
     ├── BadRequest (400 bad_request)
     │   └── InvalidJSON (400 invalid_json)
+    ├── Unauthorized (401 unauthorized, WWW-Authenticate)
+    ├── Forbidden (403 forbidden)
     ├── NotFound (404 not_found)
     │   └── ModelNotFound (404 model_not_found)
     ├── MethodNotAllowed (405 method_not_allowed)
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── ValidationFailed (422 validation_error)
+    ├── RateLimited (429 rate_limited, Retry-After)
+    ├── LimitsUnavailable (503 limits_unavailable)
     └── BackendError (502 backend_error)
         ├── BackendRejected (400 backend_rejected)
         ├── BackendUnavailable (502 backend_unavailable)
@@ -63,6 +67,20 @@ class InvalidJSON(BadRequest):
     message = "The request body is not valid JSON."
 
 
+class Unauthorized(GatewayError):
+    status, type = 401, "unauthorized"
+    message = "Send your API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="gateway"'},
+                         **details)
+
+
+class Forbidden(GatewayError):
+    status, type = 403, "forbidden"
+    message = "This API key may not do that."
+
+
 class NotFound(GatewayError):
     status, type = 404, "not_found"
     message = "No such route; see /docs for the API."
@@ -91,6 +109,19 @@ class UnsupportedMediaType(GatewayError):
 class ValidationFailed(GatewayError):
     status, type = 422, "validation_error"
     message = "The request body is invalid; see 'fields' for what to change."
+
+
+class RateLimited(GatewayError):
+    status, type = 429, "rate_limited"
+    message = "Too many requests; retry after the time in Retry-After."
+
+
+class LimitsUnavailable(GatewayError):
+    status, type = 503, "limits_unavailable"
+    message = "The rate-limit store cannot be reached; retry shortly."
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": "1"}, **details)
 
 
 class BackendError(GatewayError):
@@ -144,6 +175,7 @@ _HTTP_ERRORS: dict[int, type[GatewayError]] = {
     405: MethodNotAllowed,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
+    429: RateLimited,
 }
 
 
@@ -155,6 +187,9 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
         cls = _HTTP_ERRORS.get(exc.code or 500)
         if cls is None:
             return HTTPError(exc.code or 500, exc.description or GatewayError.message)
+        if cls is RateLimited:
+            return RateLimited(f"Rate limit exceeded ({exc.description}); retry after the "
+                               "time in Retry-After.")
         methods = getattr(exc, "valid_methods", None)
         return cls(headers={"Allow": ", ".join(methods)} if methods else None)
     return GatewayError()

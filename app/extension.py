@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
+from flask_cors import CORS
 from marshmallow import Schema
 
 from app.api import create_blueprint
-from app.api.common import EXTENSION_KEY
 from app.backend import OllamaBackend
+from app.cli import keys_cli
 from app.config import load_config
 from app.schemas import ChatRequest, GenerateRequest
+from app.security.auth import require_key
+from app.security.keys import KeyStore
+from app.security.limits import build_limiter
+from app.security.usage import MemoryCounters, RedisCounters, UsageLedger
 from app.service import InferenceService
+from app.state import EXTENSION_KEY, GatewayState
 
-
-@dataclass(frozen=True)
-class GatewayState:
-    """What the views of one mounted gateway share (``app.extensions``)."""
-
-    config: dict[str, Any]
-    service: InferenceService
-    schemas: dict[str, Schema]
-    max_body_bytes: int
-    heartbeat_seconds: float
+log = logging.getLogger(__name__)
 
 
 def resolve_config(app: Flask, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,20 +33,51 @@ def resolve_config(app: Flask, overrides: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+def build_ledger(config: dict[str, Any]) -> UsageLedger | None:
+    """Return the token-budget and stream-cap ledger, or None when limits are off."""
+    if config["GATEWAY_RATE_LIMIT_DISABLED"]:
+        return None
+    url = config["GATEWAY_REDIS_URL"]
+    counters = RedisCounters(url, config["GATEWAY_REDIS_TIMEOUT"]) if url else MemoryCounters()
+    if not url and config["GATEWAY_WORKERS"] > 1:
+        log.warning("GATEWAY_REDIS_URL is not set: rate limits, token budgets and stream caps "
+                    "are counted per worker (%d workers), not for the whole gateway",
+                    config["GATEWAY_WORKERS"])
+    return UsageLedger(counters, tokens_per_minute=config["GATEWAY_TOKENS_PER_MINUTE"],
+                       max_streams=config["GATEWAY_MAX_STREAMS"],
+                       fail_open=config["GATEWAY_REDIS_FAIL_OPEN"])
+
+
 def build_state(config: dict[str, Any]) -> GatewayState:
-    """Create the backend, service and schemas that one gateway uses."""
+    """Create the backend, service, key store and schemas that one gateway uses."""
     backend = OllamaBackend(config["GATEWAY_OLLAMA_URL"],
                             connect_timeout=config["GATEWAY_CONNECT_TIMEOUT"],
                             read_timeout=config["GATEWAY_READ_TIMEOUT"],
                             pool_size=config["GATEWAY_WORKER_CONNECTIONS"])
     service = InferenceService(backend, default_model=config["GATEWAY_DEFAULT_MODEL"],
-                               models_cache_seconds=config["GATEWAY_MODELS_CACHE_SECONDS"])
+                               models_cache_seconds=config["GATEWAY_MODELS_CACHE_SECONDS"],
+                               ledger=build_ledger(config))
+    keys = None if config["GATEWAY_AUTH_DISABLED"] else KeyStore(
+        config["GATEWAY_API_KEYS"], config["GATEWAY_API_KEYS_FILE"])
     limit = config["GATEWAY_MAX_TOKENS"]
     schemas: dict[str, Schema] = {"generate": GenerateRequest(max_tokens_limit=limit),
                                   "chat": ChatRequest(max_tokens_limit=limit)}
-    return GatewayState(config=config, service=service, schemas=schemas,
+    return GatewayState(config=config, service=service, schemas=schemas, keys=keys,
                         max_body_bytes=config["GATEWAY_MAX_BODY_BYTES"],
                         heartbeat_seconds=config["GATEWAY_HEARTBEAT_SECONDS"])
+
+
+def guard(blueprint: Blueprint, app: Flask, config: dict[str, Any]) -> None:
+    """Attach authentication, request-rate limits and CORS to the gateway's routes."""
+    if not config["GATEWAY_AUTH_DISABLED"]:
+        blueprint.before_request(require_key)
+    if not config["GATEWAY_RATE_LIMIT_DISABLED"]:
+        build_limiter(config, blueprint).init_app(app)
+    origins = [o.strip() for o in config["GATEWAY_CORS_ORIGINS"].split(",") if o.strip()]
+    if origins:
+        CORS(blueprint, origins=origins, expose_headers=["Retry-After", "X-RateLimit-Limit",
+                                                         "X-RateLimit-Remaining",
+                                                         "X-RateLimit-Reset"])
 
 
 class InferenceGateway:
@@ -68,7 +96,10 @@ class InferenceGateway:
 
     def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
         """Attach the gateway to ``app``, under ``url_prefix`` when given."""
-        state = build_state(resolve_config(app, self.overrides))
-        app.extensions[EXTENSION_KEY] = state
+        config = resolve_config(app, self.overrides)
+        app.extensions[EXTENSION_KEY] = build_state(config)
         prefix = self.url_prefix if url_prefix is None else url_prefix
-        app.register_blueprint(create_blueprint(url_prefix=prefix))
+        blueprint = create_blueprint(url_prefix=prefix)
+        guard(blueprint, app, config)
+        app.register_blueprint(blueprint)
+        app.cli.add_command(keys_cli)

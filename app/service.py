@@ -1,13 +1,18 @@
-"""Policy between the views and the backend: defaults, caching, readiness."""
+"""Policy between the views and the backend: defaults, who may use what, budgets, caching."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Any
 
-from app.backend import Completion, OllamaBackend, TokenStream
-from app.errors import GatewayError
+from app.backend import Completion, OllamaBackend, TokenStream, Usage
+from app.errors import Forbidden, GatewayError
+from app.security.keys import Principal
+from app.security.usage import UsageLedger
+
+log = logging.getLogger(__name__)
 
 
 def created_at(modified_at: str | None) -> int:
@@ -29,29 +34,66 @@ def model_info(entry: dict[str, Any]) -> dict[str, Any]:
             "details": details}
 
 
+def estimate_prompt_tokens(request: dict[str, Any]) -> int:
+    """Estimate a prompt's tokens (about 4 characters each) for a stream cut before its end."""
+    text = request.get("prompt") or "".join(m["content"] for m in request.get("messages", []))
+    return max(1, (len(text) + len(request.get("system") or "")) // 4)
+
+
 class InferenceService:
     """Serve inference requests from one backend, applying the gateway's policy."""
 
     def __init__(self, backend: OllamaBackend, *, default_model: str,
-                 models_cache_seconds: float) -> None:
+                 models_cache_seconds: float, ledger: UsageLedger | None = None) -> None:
         self.backend = backend
         self.default_model = default_model
+        self.ledger = ledger
         self.models_cache_seconds = models_cache_seconds
         self._models: list[dict[str, Any]] = []
         self._models_expire = 0.0
 
-    def _with_model(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _admit(self, request: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        """Fill in the default model; refuse a model or budget the key does not have."""
         if not request.get("model"):
             request["model"] = self.default_model
+        if not principal.may_use(request["model"]):
+            raise Forbidden(f"This API key may not use the model '{request['model']}'.",
+                            allowed_models=sorted(principal.models or ()))
+        if self.ledger:
+            self.ledger.check_tokens(principal)
         return request
 
-    def complete(self, kind: str, request: dict[str, Any]) -> Completion:
+    def complete(self, kind: str, request: dict[str, Any], principal: Principal) -> Completion:
         """Run a ``generate`` or ``chat`` request to its end."""
-        return self.backend.complete(kind, self._with_model(request))
+        completion = self.backend.complete(kind, self._admit(request, principal))
+        if self.ledger:
+            self.ledger.charge(principal, completion.usage.prompt_tokens
+                               + completion.usage.completion_tokens)
+        return completion
 
-    def stream(self, kind: str, request: dict[str, Any]) -> TokenStream:
-        """Start a streamed ``generate`` or ``chat`` request."""
-        return self.backend.stream(kind, self._with_model(request))
+    def stream(self, kind: str, request: dict[str, Any], principal: Principal) -> TokenStream:
+        """Start a streamed ``generate`` or ``chat`` request; its usage is charged on close."""
+        self._admit(request, principal)
+        if not self.ledger:
+            return self.backend.stream(kind, request)
+        release = self.ledger.open_stream(principal)
+        try:
+            stream = self.backend.stream(kind, request)
+        except BaseException:
+            release()
+            raise
+        ledger, prompt_estimate = self.ledger, estimate_prompt_tokens(request)
+
+        def settle(closed: TokenStream) -> None:
+            usage = closed.usage if closed.finished else Usage(prompt_estimate, closed.pieces)
+            try:
+                release()
+                ledger.charge(principal, usage.prompt_tokens + usage.completion_tokens)
+            except GatewayError as exc:  # the stream is over: log what could not be settled
+                log.warning("could not charge %s for a stream: %s", principal.name, exc.message)
+
+        stream.on_close(settle)
+        return stream
 
     def models(self) -> list[dict[str, Any]]:
         """Return the served models, reusing a recent answer."""

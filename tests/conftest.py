@@ -24,6 +24,7 @@ from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_URL = "http://ollama.test:11434"
+TEST_KEY = "gw-test-key-not-secret"
 
 
 def free_port() -> int:
@@ -41,13 +42,27 @@ def fake_ollama() -> Iterator[FakeOllama]:
 
 
 @pytest.fixture
-def make_app(fake_ollama: FakeOllama) -> Callable[..., Flask]:
+def make_app(fake_ollama: FakeOllama, tmp_path: Path) -> Callable[..., Flask]:
     """Return a factory of test apps pointed at the fake Ollama, with overrides."""
 
     def factory(**overrides: Any) -> Flask:
         config = {"TESTING": True, "GATEWAY_OLLAMA_URL": fake_ollama.url,
-                  "GATEWAY_READ_TIMEOUT": 5.0, "GATEWAY_DEFAULT_MODEL": "llama3.2"}
+                  "GATEWAY_READ_TIMEOUT": 5.0, "GATEWAY_DEFAULT_MODEL": "llama3.2",
+                  "GATEWAY_API_KEYS": f"tester:{TEST_KEY}",
+                  "GATEWAY_API_KEYS_FILE": str(tmp_path / "keys.json")}
         return create_app({**config, **overrides})
+
+    return factory
+
+
+@pytest.fixture
+def make_client(make_app: Callable[..., Flask]) -> Callable[..., FlaskClient]:
+    """Return a factory of test clients that send the test key, with app overrides."""
+
+    def factory(**overrides: Any) -> FlaskClient:
+        client = make_app(**overrides).test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TEST_KEY}"
+        return client
 
     return factory
 
@@ -60,8 +75,10 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    """Return a test client of ``app``."""
-    return app.test_client()
+    """Return a test client of ``app`` that sends the test key."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TEST_KEY}"
+    return client
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from app.backend import Completion, Usage
 from app.errors import BackendUnavailable
+from app.security.keys import Principal
 from app.service import InferenceService, created_at, model_info
 
 
@@ -17,9 +19,9 @@ class StubBackend:
         self.calls: list[tuple[str, Any]] = []
         self.down = False
 
-    def complete(self, kind: str, request: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, kind: str, request: dict[str, Any]) -> Completion:
         self.calls.append((kind, request))
-        return request
+        return Completion(request["model"], "text", "stop", Usage(1, 1))
 
     def list_models(self) -> list[dict[str, Any]]:
         self.calls.append(("tags", None))
@@ -42,8 +44,8 @@ def service(cache: float = 10.0) -> tuple[InferenceService, StubBackend]:
                          ids=["default", "explicit"])
 def test_default_model(request_model: str | None, sent: str) -> None:
     svc, backend = service()
-    svc.complete("generate", {"prompt": "x", **({"model": request_model} if request_model
-                                                else {})})
+    request = {"prompt": "x", **({"model": request_model} if request_model else {})}
+    svc.complete("generate", request, Principal("tester"))
     assert backend.calls[0][1]["model"] == sent
 
 

@@ -9,6 +9,10 @@ from app.api import completions, health, models, streaming
 from app.errors import handle_error
 
 NAMESPACES = (completions.ns, streaming.ns, models.ns, health.ns)
+# Swagger 2.0 has no bearer scheme: an apiKey in the Authorization header lets
+# Swagger UI's "Authorize" button send "Bearer <key>" (X-API-Key works too).
+AUTHORIZATIONS = {"bearer": {"type": "apiKey", "in": "header", "name": "Authorization",
+                             "description": "Enter 'Bearer <your API key>'."}}
 
 
 class GatewayApi(Api):
@@ -25,7 +29,8 @@ def create_blueprint(name: str = "gateway", url_prefix: str = "") -> Blueprint:
     api = GatewayApi(blueprint, version="1.0", title="Inference gateway",
                      description="Validated, streaming, rate-limited access to GPU-hosted "
                                  "models (Ollama).",
-                     doc="/docs", default_mediatype="application/json")
+                     doc="/docs", default_mediatype="application/json",
+                     authorizations=AUTHORIZATIONS, security="bearer")
     for namespace in NAMESPACES:
         api.add_namespace(namespace)
     return blueprint

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, request
 from flask_restx import Namespace, SchemaModel
 from marshmallow import Schema, ValidationError
 
@@ -16,16 +16,7 @@ from app.backend import Completion
 from app.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from app.schemas.inference import ErrorResponse
 from app.schemas.swagger import definitions
-
-if TYPE_CHECKING:
-    from app.extension import GatewayState
-
-EXTENSION_KEY = "inference_gateway"
-
-
-def gateway() -> GatewayState:
-    """Return the state of the gateway mounted on the current app."""
-    return current_app.extensions[EXTENSION_KEY]
+from app.state import gateway
 
 
 def read_body(max_bytes: int) -> bytes:
@@ -75,12 +66,15 @@ def schema_model(namespace: Namespace, schema: type[Schema]) -> SchemaModel:
 
 ERROR_STATUSES = {
     400: "Malformed JSON, or the backend rejected the request",
+    401: "Missing or invalid API key",
+    403: "The API key may not use this model",
     404: "The model is not served",
     413: "Body over GATEWAY_MAX_BODY_BYTES",
     415: "Body is not application/json",
     422: "Body failed validation; see error.fields",
+    429: "Request-rate limit, token budget or stream cap reached; see Retry-After",
     502: "Backend unreachable or failed",
-    503: "Backend busy; see Retry-After",
+    503: "Backend busy, or the limit store is down and the gateway fails closed",
     504: "Backend timed out",
 }
 

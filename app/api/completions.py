@@ -8,12 +8,13 @@ from flask_restx import Namespace, Resource
 from app.api.common import (
     completion_fields,
     document_errors,
-    gateway,
     json_response,
     load_body,
     schema_model,
 )
 from app.schemas.inference import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse
+from app.security.auth import current_principal
+from app.state import gateway
 
 ns = Namespace("completions", description="Whole answers, returned when the model is done",
                path="/v1")
@@ -27,7 +28,8 @@ class Generate(Resource):
     @errors
     def post(self) -> Response:
         """Complete a prompt."""
-        completion = gateway().service.complete("generate", load_body("generate"))
+        request = load_body("generate")
+        completion = gateway().service.complete("generate", request, current_principal())
         return json_response({**completion_fields(completion, "gen"), "text": completion.text})
 
 
@@ -38,6 +40,7 @@ class Chat(Resource):
     @errors
     def post(self) -> Response:
         """Answer a conversation."""
-        completion = gateway().service.complete("chat", load_body("chat"))
+        request = load_body("chat")
+        completion = gateway().service.complete("chat", request, current_principal())
         message = {"role": "assistant", "content": completion.text}
         return json_response({**completion_fields(completion, "chat"), "message": message})

@@ -5,22 +5,25 @@ from __future__ import annotations
 from flask import Response
 from flask_restx import Namespace, Resource
 
-from app.api.common import gateway, json_response, schema_model
+from app.api.common import json_response, schema_model
 from app.schemas.status import HealthBody, ReadyBody
+from app.state import gateway
 
 ns = Namespace("health", description="Liveness and readiness probes", path="/")
 
 
-@ns.route("/healthz")
+@ns.route("/healthz", doc={"security": []})
 class Health(Resource):
+    public = True  # no API key needed
     @ns.response(200, "The process serves requests", schema_model(ns, HealthBody))
     def get(self) -> Response:
         """Answer while the process is alive; never calls the backend."""
         return json_response({"status": "ok"})
 
 
-@ns.route("/readyz")
+@ns.route("/readyz", doc={"security": []})
 class Ready(Resource):
+    public = True
     @ns.response(200, "The backend answers", schema_model(ns, ReadyBody))
     @ns.response(503, "The backend does not answer; see backends[].error",
                  schema_model(ns, ReadyBody))

@@ -5,9 +5,11 @@ from __future__ import annotations
 from flask import Response
 from flask_restx import Namespace, Resource
 
-from app.api.common import document_errors, gateway, load_body, schema_model
+from app.api.common import document_errors, load_body, schema_model
 from app.schemas.inference import ChatRequest, GenerateRequest, StreamEvent
+from app.security.auth import current_principal
 from app.sse import sse_response
+from app.state import gateway
 
 ns = Namespace("streaming", description="Token streams as server-sent events", path="/v1")
 errors = document_errors(ns)
@@ -21,7 +23,7 @@ EVENTS = ("Server-sent events: `data: {\"text\": ...}` per piece, then "
 def stream_response(kind: str) -> Response:
     """Validate the body, start the upstream stream and relay it as SSE."""
     state = gateway()
-    stream = state.service.stream(kind, load_body(kind))
+    stream = state.service.stream(kind, load_body(kind), current_principal())
     return sse_response(stream, state.heartbeat_seconds)
 
 

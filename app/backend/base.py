@@ -59,11 +59,13 @@ class TokenStream:
         self.done_reason: str | None = None
         self.usage = Usage()
         self.finished = False
+        self.pieces = 0  # pieces relayed so far: the usage of a stream cut short
         self._response = response
         self._body = BodyReader(response, read_timeout)
         self._read_line = read_line
         self._read_timeout = read_timeout
         self._closed = False
+        self._on_close: list[Callable[[TokenStream], None]] = []
 
     def __iter__(self) -> Iterator[str]:
         for batch in self.batches(self._read_timeout):
@@ -82,9 +84,7 @@ class TokenStream:
                     continue
                 *lines, pending = (pending + payload).split(b"\n")
                 yield from self._decode_lines(lines)
-        piece = self._decode(pending)
-        if piece:
-            yield [piece]
+        yield from self._decode_lines([pending])
         if not self.finished:
             raise BackendStreamBroken()
 
@@ -96,11 +96,13 @@ class TokenStream:
                 piece = self._decode(line)
             except GatewayError:
                 if pieces:
+                    self.pieces += len(pieces)
                     yield pieces
                 raise
             if piece:
                 pieces.append(piece)
         if pieces:
+            self.pieces += len(pieces)
             yield pieces
 
     def _decode(self, line: bytes) -> str | None:
@@ -122,12 +124,20 @@ class TokenStream:
         """Record the backend's final figures; called by the adapter's line reader."""
         self.done_reason, self.usage, self.finished = done_reason, usage, True
 
+    def on_close(self, callback: Callable[[TokenStream], None]) -> None:
+        """Call ``callback(self)`` once, when the stream is closed."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
-        """Release the upstream response; abort it if its body has not been read."""
+        """Release the upstream response (aborting it if unread), then run the close hooks."""
         if self._closed:
             return
         self._closed = True
-        if self._body.complete:
-            self._response.close()
-        else:
-            abort_response(self._response)
+        try:
+            if self._body.complete:
+                self._response.close()
+            else:
+                abort_response(self._response)
+        finally:
+            for callback in self._on_close:
+                callback(self)

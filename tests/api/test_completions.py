@@ -53,15 +53,15 @@ def test_backend_faults_before_the_first_byte(client: FlaskClient, route: str, p
         assert response.headers["Retry-After"] == "1"
 
 
-def test_backend_timeout(make_app) -> None:
-    client = make_app(GATEWAY_READ_TIMEOUT=0.3).test_client()
+def test_backend_timeout(make_client) -> None:
+    client = make_client(GATEWAY_READ_TIMEOUT=0.3)
     response = client.post("/v1/generate", json={"prompt": "[[sim:delay=2]]"})
     assert response.status_code == 504
     assert response.get_json()["error"]["type"] == "backend_timeout"
 
 
-def test_backend_unreachable(make_app) -> None:
-    client = make_app(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}").test_client()
+def test_backend_unreachable(make_client) -> None:
+    client = make_client(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}")
     response = client.post("/v1/chat", json={"messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 502
     assert response.get_json()["error"]["type"] == "backend_unavailable"

@@ -16,8 +16,8 @@ def test_models(client: FlaskClient) -> None:
     assert [m["id"] for m in body["data"]] == ["llama3.2:latest", "sim:latest"]
 
 
-def test_healthz_never_calls_the_backend(make_app) -> None:
-    client = make_app(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}").test_client()
+def test_healthz_never_calls_the_backend(make_client) -> None:
+    client = make_client(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}")
     response = client.get("/healthz")
     assert response.status_code == 200
     assert HealthBody().validate(response.get_json()) == {}
@@ -31,8 +31,8 @@ def test_ready(client: FlaskClient) -> None:
     assert body["backends"][0]["version"] == "0.12.0"
 
 
-def test_not_ready_says_why(make_app) -> None:
-    client = make_app(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}").test_client()
+def test_not_ready_says_why(make_client) -> None:
+    client = make_client(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}")
     response = client.get("/readyz")
     body = response.get_json()
     assert response.status_code == 503
@@ -40,8 +40,8 @@ def test_not_ready_says_why(make_app) -> None:
     assert body["backends"][0]["error"] == "The model backend cannot be reached."
 
 
-def test_models_when_backend_down(make_app) -> None:
-    client = make_app(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}").test_client()
+def test_models_when_backend_down(make_client) -> None:
+    client = make_client(GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}")
     response = client.get("/v1/models")
     assert response.status_code == 502
     assert response.get_json()["error"]["type"] == "backend_unavailable"

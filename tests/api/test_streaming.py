@@ -45,8 +45,8 @@ def test_failure_after_the_first_byte_is_an_error_event(client: FlaskClient, dir
     assert StreamEvent().validate(data) == {}
 
 
-def test_silent_backend_gets_pings_then_a_timeout_event(make_app) -> None:
-    client = make_app(GATEWAY_HEARTBEAT_SECONDS=0.2, GATEWAY_READ_TIMEOUT=0.9).test_client()
+def test_silent_backend_gets_pings_then_a_timeout_event(make_client) -> None:
+    client = make_client(GATEWAY_HEARTBEAT_SECONDS=0.2, GATEWAY_READ_TIMEOUT=0.9)
     response = client.post("/v1/generate/stream", json={"prompt": "[[sim:hang]]"})
     events = parse_sse(response.get_data())
     assert events.count(COMMENT) >= 3
@@ -54,8 +54,8 @@ def test_silent_backend_gets_pings_then_a_timeout_event(make_app) -> None:
     assert events[-1][1]["error"]["type"] == "backend_timeout"
 
 
-def test_closing_the_response_cancels_the_upstream(make_app, fake_ollama: FakeOllama) -> None:
-    client = make_app().test_client()
+def test_closing_the_response_cancels_the_upstream(make_client, fake_ollama: FakeOllama) -> None:
+    client = make_client()
     response = client.post("/v1/generate/stream",
                            json={"prompt": "[[sim:tokens=500]] [[sim:itl=0.02]]"},
                            buffered=False)

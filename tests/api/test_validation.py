@@ -77,8 +77,8 @@ def test_chat_schema_violations(client: FlaskClient, route: str, body: dict,
     ({"data": "{}" + " " * 2000, "content_type": "application/json"}, 413,
      "payload_too_large"),
 ], ids=["malformed", "not-an-object", "form", "no-content-type", "too-large"])
-def test_body_errors(make_app, route: str, kwargs: dict, status: int, type_: str) -> None:
-    client = make_app(GATEWAY_MAX_BODY_BYTES=1000).test_client()
+def test_body_errors(make_client, route: str, kwargs: dict, status: int, type_: str) -> None:
+    client = make_client(GATEWAY_MAX_BODY_BYTES=1000)
     response = client.post(route, **kwargs)
     assert response.status_code == status
     assert response.mimetype == "application/json"

@@ -1,0 +1,1 @@
+"""Access control: API keys, request-rate limits, token budgets and stream caps."""

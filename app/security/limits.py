@@ -1,0 +1,84 @@
+"""Request-rate limits per key with Flask-Limiter; Redis makes them exact across workers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, Response
+from flask_limiter import Limiter, RateLimitExceeded
+
+from app.errors import LimitsUnavailable, RateLimited
+from app.security.auth import identify, is_public, rate_limit_key
+from app.security.keys import Principal
+
+log = logging.getLogger(__name__)
+
+# While Redis is down and the gateway fails open, Flask-Limiter counts in
+# memory against this limit, which no client reaches: requests pass, the outage
+# is logged once, and Redis is probed again with backoff until it answers.
+FAIL_OPEN_LIMIT = "1000000/second"
+
+
+class GatewayLimiter(Limiter):
+    """Flask-Limiter speaking the gateway's errors: 429 with Retry-After, 503 on store failure.
+
+    Flask-Limiter's own header injection is off: it would put Retry-After on
+    every response (and stretch a backend's 503 Retry-After to the window's
+    reset); ``add_headers`` writes the X-RateLimit-* headers instead.
+    """
+
+    def _check_request_limit(self, callable_name: str | None = None,
+                             in_middleware: bool = True) -> None:
+        try:
+            super()._check_request_limit(callable_name, in_middleware)
+        except RateLimitExceeded as exc:
+            limit = self.current_limit
+            retry = max(1, math.ceil(limit.reset_at - time.time())) if limit else 1
+            raise RateLimited(f"Rate limit of {exc.description} exceeded; retry after the "
+                              "time in Retry-After.", headers={"Retry-After": str(retry)}) from exc
+        except Exception as exc:  # the store failed and the gateway fails closed
+            log.warning("rate-limit store unreachable, refusing requests: %s", exc)
+            raise LimitsUnavailable() from exc
+
+    def add_headers(self, response: Response) -> Response:
+        """Tell the client its limit, what is left, and when the window resets."""
+        limit = self.current_limit
+        if limit is not None and not self._storage_dead:
+            response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+            response.headers["X-RateLimit-Remaining"] = str(limit.remaining)
+            response.headers["X-RateLimit-Reset"] = str(limit.reset_at)
+        return response
+
+
+def storage_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Return Flask-Limiter's storage arguments for the configured store."""
+    url = config["GATEWAY_REDIS_URL"]
+    if not url:
+        return {"storage_uri": "memory://"}
+    timeout = config["GATEWAY_REDIS_TIMEOUT"]
+    fail_open = config["GATEWAY_REDIS_FAIL_OPEN"]
+    return {"storage_uri": url,
+            "storage_options": {"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            "in_memory_fallback_enabled": fail_open,
+            "in_memory_fallback": [FAIL_OPEN_LIMIT] if fail_open else None}
+
+
+def build_limiter(config: dict[str, Any], blueprint: Blueprint) -> GatewayLimiter:
+    """Return a limiter that applies each key's request-rate limit to ``blueprint``."""
+    default = config["GATEWAY_RATE_LIMIT"]
+
+    def limit_for_caller() -> str:
+        result = identify()
+        if isinstance(result, Principal) and result.rate_limit:
+            return result.rate_limit
+        return default
+
+    limiter = GatewayLimiter(key_func=rate_limit_key, strategy="moving-window",
+                             headers_enabled=False, key_prefix="gateway",
+                             **storage_settings(config))
+    limiter.limit(limit_for_caller, exempt_when=is_public)(blueprint)
+    blueprint.after_request(limiter.add_headers)
+    return limiter
