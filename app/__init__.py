@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import load_config
 from app.errors import handle_error
@@ -34,6 +35,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     configure_logging(app.config["GATEWAY_LOG_LEVEL"])
     gateway.init_app(app)
+    proxies = app.config["GATEWAY_TRUSTED_PROXIES"]
+    if proxies:
+        # Trust X-Forwarded-* only from that many proxies, so a client cannot
+        # choose its own address (and with it, a fresh rate limit).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     # Routes outside the gateway's blueprint (unknown paths) answer in the same shape.
     app.register_error_handler(Exception, handle_error)
     return app
