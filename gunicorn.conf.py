@@ -7,6 +7,9 @@ import importlib.util
 import os
 import sys
 
+import gevent
+from gunicorn.workers import ggevent
+
 # Load app/config.py by path: importing the app package here would import Flask
 # and requests into the master, before gevent has patched the workers.
 _spec = importlib.util.spec_from_file_location(
@@ -18,10 +21,6 @@ _settings = _config.load_config()
 
 # Where to listen, e.g. 0.0.0.0:8080 (GATEWAY_BIND).
 bind = _settings["GATEWAY_BIND"]
-
-# gevent: each connection is a greenlet, so one worker holds thousands of
-# streams waiting on the GPU without a thread each.
-worker_class = "gevent"
 
 # One worker per core is enough: the work is I/O-bound (GATEWAY_WORKERS).
 workers = _settings["GATEWAY_WORKERS"]
@@ -41,9 +40,6 @@ timeout = 30
 # After SIGTERM, let in-flight requests and streams finish for this long.
 graceful_timeout = _settings["GATEWAY_GRACEFUL_TIMEOUT"]
 
-# Keep idle client connections (from a load balancer) open between requests.
-keepalive = 5
-
 # Log level of gunicorn's own messages (GATEWAY_LOG_LEVEL); errors go to stderr.
 loglevel = _settings["GATEWAY_LOG_LEVEL"]
 errorlog = "-"
@@ -59,21 +55,45 @@ control_socket_disable = True
 backlog = 2048
 
 # Connections a worker accepts per turn of its event loop. Gunicorn's gevent
-# worker accepts one at a time when there are several workers; under load an
+# workers accept one at a time when there are several workers; under load an
 # event-loop turn takes tens of milliseconds, so a burst of new clients waited
 # seconds in the listen queue (stream-1000 benchmark: TTFT p99 8.7 s at 1,
 # 0.9 s at 16). 16 keeps the burst short and still spreads it over workers.
 accept_batch = 16
 
+# Idle keep-alive connections are closed after this many seconds, so clients
+# that connect and say nothing cannot hold a worker's connection slots.
+keepalive = 5
 
-def post_worker_init(worker):
-    """Let this worker's gevent server accept ``accept_batch`` connections per loop turn."""
-    from gevent.server import StreamServer
-    from gunicorn.workers import ggevent
 
-    class BatchAcceptServer(StreamServer):
-        # GeventWorker.run() sets max_accept = 1 after creating the server;
-        # a read-only property keeps the batch size.
-        max_accept = property(lambda self: accept_batch, lambda self, value: None)
+class BatchAcceptServer(ggevent.PyWSGIServer):
+    """gevent's WSGI server, accepting ``accept_batch`` connections per loop turn."""
 
-    ggevent.StreamServer = BatchAcceptServer
+    def set_max_accept(self):
+        self.max_accept = accept_batch
+
+
+class IdleTimeoutHandler(ggevent.PyWSGIHandler):
+    """gevent's WSGI handler, closing a connection idle for ``keepalive`` seconds."""
+
+    def read_requestline(self):
+        with gevent.Timeout(keepalive, False):
+            return super().read_requestline()
+        return None
+
+
+class GatewayWorker(ggevent.GeventPyWSGIWorker):
+    """Gunicorn's gevent worker on gevent's own WSGI server (pywsgi).
+
+    pywsgi parses requests and writes chunks with less Python work than
+    gunicorn's own parser: about 25% more requests per second on the same
+    cores (json-fast benchmark: 1,800 vs 1,450 rps).
+    """
+
+    server_class = BatchAcceptServer
+    wsgi_handler = IdleTimeoutHandler
+
+
+# gevent: each connection is a greenlet, so one worker holds thousands of
+# streams waiting on the GPU without a thread each.
+worker_class = GatewayWorker
