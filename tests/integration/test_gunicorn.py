@@ -316,3 +316,12 @@ def test_client_disconnect_is_not_logged_as_an_error(gateway: GatewayProcess,
     time.sleep(0.3)  # a log line, if any, follows the upstream abort within milliseconds
     assert "Error handling request" not in gateway.log()[log_start:]
     assert_no_traceback(gateway, log_start)
+
+
+def test_idle_connections_are_closed_after_keepalive(gateway: GatewayProcess) -> None:
+    """A client that connects and says nothing loses the connection after 5 s."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        started = time.monotonic()
+        assert sock.recv(16) == b""
+        assert 4.5 < time.monotonic() - started < 7
