@@ -18,14 +18,22 @@ __all__ = ["InferenceGateway", "create_app"]
 gateway = InferenceGateway()
 
 
+# Loggers whose records belong in the gateway's log: its own and Flask-Limiter's
+# (which reports rate-limit store outages and recoveries).
+LOGGERS = ("app", "flask-limiter")
+
+
 def configure_logging(level: str) -> None:
     """Send the gateway's log records to stderr at ``level``."""
-    logger = logging.getLogger("app")
-    logger.setLevel(level.upper())
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        if not logger.handlers or all(isinstance(h, logging.NullHandler)
+                                      for h in logger.handlers):
+            if not logging.getLogger().handlers:
+                logger.addHandler(handler)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

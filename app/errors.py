@@ -44,6 +44,7 @@ class GatewayError(Exception):
     status = 500
     type = "internal_error"
     message = "The gateway failed unexpectedly; the error was logged."
+    logged = True  # a 5xx of this class is worth a warning line
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None,
                  **details: Any) -> None:
@@ -118,6 +119,7 @@ class RateLimited(GatewayError):
 
 class LimitsUnavailable(GatewayError):
     status, type = 503, "limits_unavailable"
+    logged = False  # the limiter logs the outage once, not each refused request
     message = "The rate-limit store cannot be reached; retry shortly."
 
     def __init__(self, message: str | None = None, **details: Any) -> None:
@@ -210,6 +212,7 @@ def handle_error(exc: BaseException) -> Response:
     error = as_gateway_error(exc)
     if not isinstance(exc, (GatewayError, HTTPException)):
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
-    elif error.status >= 500:
-        log.warning("%s: %s", error.type, error.message)
+    elif error.status >= 500 and error.logged:
+        cause = f" ({exc.__cause__!r})" if exc.__cause__ else ""
+        log.warning("%s: %s%s", error.type, error.message, cause)
     return error_response(error)

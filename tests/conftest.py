@@ -135,7 +135,7 @@ def start_gateway(env: dict[str, str], log_path: Path, timeout: float = 20) -> G
         try:
             if requests.get(server.url + "/healthz", timeout=1).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a worker still booting
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{server.log()}")

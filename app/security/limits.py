@@ -23,6 +23,7 @@ FAIL_OPEN_LIMIT = "1000000/second"
 
 
 class GatewayLimiter(Limiter):
+    _refusing = False  # fail-closed outage in progress: logged once
     """Flask-Limiter speaking the gateway's errors: 429 with Retry-After, 503 on store failure.
 
     Flask-Limiter's own header injection is off: it would put Retry-After on
@@ -40,8 +41,13 @@ class GatewayLimiter(Limiter):
             raise RateLimited(f"Rate limit of {exc.description} exceeded; retry after the "
                               "time in Retry-After.", headers={"Retry-After": str(retry)}) from exc
         except Exception as exc:  # the store failed and the gateway fails closed
-            log.warning("rate-limit store unreachable, refusing requests: %s", exc)
+            if not self._refusing:
+                self._refusing = True
+                log.warning("rate-limit store unreachable, refusing requests: %s", exc)
             raise LimitsUnavailable() from exc
+        if self._refusing:
+            self._refusing = False
+            log.warning("rate-limit store reachable again")
 
     def add_headers(self, response: Response) -> Response:
         """Tell the client its limit, what is left, and when the window resets."""
@@ -79,6 +85,7 @@ def build_limiter(config: dict[str, Any], blueprint: Blueprint) -> GatewayLimite
     limiter = GatewayLimiter(key_func=rate_limit_key, strategy="moving-window",
                              headers_enabled=False, key_prefix="gateway",
                              **storage_settings(config))
-    limiter.limit(limit_for_caller, exempt_when=is_public)(blueprint)
+    # One shared counter per key for every gateway route, not one per route.
+    limiter.shared_limit(limit_for_caller, scope="gateway", exempt_when=is_public)(blueprint)
     blueprint.after_request(limiter.add_headers)
     return limiter
