@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 WORKDIR /srv/gateway
 COPY setup.cfg pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-cache-dir . && useradd --system gateway
+RUN pip install --no-cache-dir '.[gpu]' && useradd --system gateway
 COPY gunicorn.conf.py wsgi.py ./
 
 USER gateway

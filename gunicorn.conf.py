@@ -3,21 +3,31 @@
 Start it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
 """
 
+import glob
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 import gevent
 from gunicorn.workers import ggevent
 
-# Load app/config.py by path: importing the app package here would import Flask
+
+def _load(name, relative_path):
+    """Load one standard-library-only module of the app by its path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), *relative_path.split("/"))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# Modules are loaded by path: importing the app package here would import Flask
 # and requests into the master, before gevent has patched the workers.
-_spec = importlib.util.spec_from_file_location(
-    "gateway_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", "config.py"))
-_config = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = _config
-_spec.loader.exec_module(_config)
-_settings = _config.load_config()
+_settings = _load("gateway_config", "app/config.py").load_config()
+_jsonlog = _load("gateway_jsonlog", "app/observability/jsonlog.py")
 
 # Where to listen, e.g. 0.0.0.0:8080 (GATEWAY_BIND).
 bind = _settings["GATEWAY_BIND"]
@@ -44,8 +54,50 @@ graceful_timeout = _settings["GATEWAY_GRACEFUL_TIMEOUT"]
 loglevel = _settings["GATEWAY_LOG_LEVEL"]
 errorlog = "-"
 
+# gunicorn's own lines in the gateway's format (GATEWAY_LOG_FORMAT=json|text).
+if _settings["GATEWAY_LOG_FORMAT"] == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": _jsonlog.JsonFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["stderr"],
+                                       "propagate": False}},
+        "root": {"level": "WARNING", "handlers": []},
+    }
+
 # No per-request access log line here: the gateway logs requests itself.
 accesslog = None
+
+# Prometheus multiprocess mode: each worker writes its samples under this
+# folder and /metrics merges them. Set before any worker imports
+# prometheus_client; emptied when gunicorn starts.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+else:
+    _own_metrics_dir = None
+
+
+def on_starting(server):
+    """Empty the metrics folder, so counts start at zero with the gateway."""
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def on_exit(server):
+    """Remove the metrics folder if this gunicorn created it."""
+    if _own_metrics_dir:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's gauges (in-flight requests and streams) from /metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
 
 # No control socket: the gateway is driven by signals, and several instances on
 # one machine would otherwise contend for the same socket path.

@@ -6,12 +6,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import load_config
 from app.errors import handle_error
 from app.extension import InferenceGateway
+from app.observability.jsonlog import make_formatter
+from app.observability.record import request_id_from_client
 
 __all__ = ["InferenceGateway", "create_app"]
 
@@ -23,10 +25,10 @@ gateway = InferenceGateway()
 LOGGERS = ("app", "flask-limiter")
 
 
-def configure_logging(level: str) -> None:
-    """Send the gateway's log records to stderr at ``level``."""
+def configure_logging(level: str, kind: str) -> None:
+    """Send the gateway's log records to stderr at ``level``, as JSON or text."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(make_formatter(kind))
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(level.upper())
@@ -41,7 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.from_mapping(load_config())
     app.config.update(config or {})
-    configure_logging(app.config["GATEWAY_LOG_LEVEL"])
+    configure_logging(app.config["GATEWAY_LOG_LEVEL"], app.config["GATEWAY_LOG_FORMAT"])
     gateway.init_app(app)
     proxies = app.config["GATEWAY_TRUSTED_PROXIES"]
     if proxies:
@@ -50,4 +52,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     # Routes outside the gateway's blueprint (unknown paths) answer in the same shape.
     app.register_error_handler(Exception, handle_error)
+    app.after_request(stamp_request_id)
     return app
+
+
+def stamp_request_id(response: Response) -> Response:
+    """Give responses outside the gateway's routes (404s) a request id too."""
+    if "X-Request-ID" not in response.headers:
+        response.headers["X-Request-ID"] = request_id_from_client()
+    return response

@@ -60,6 +60,18 @@ def parse_limit(raw: str) -> str:
     return raw.strip()
 
 
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    """Return a parser that accepts one of ``choices`` (any case)."""
+
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def parse_url(raw: str) -> str:
     """Parse an http(s) base URL, without its trailing slash."""
     value = raw.strip().rstrip("/")
@@ -89,6 +101,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Concurrent connections per gevent worker; also sizes the backend connection pool."),
     Setting("GATEWAY_LOG_LEVEL", str, "info",
             "Log level of gunicorn and the gateway (debug, info, warning, error)."),
+    Setting("GATEWAY_LOG_FORMAT", parse_choice("json", "text"), "json",
+            "Log lines as JSON objects ('json') or plain text for humans ('text')."),
+    Setting("GATEWAY_LOG_PROMPTS", parse_bool, False,
+            "Put prompts and outputs in the access log (off: never logged)."),
+    Setting("GATEWAY_METRICS_TOKEN", str, "",
+            "When set, GET /metrics requires 'Authorization: Bearer <this token>'."),
+    Setting("GATEWAY_POLL_SECONDS", float, 15.0,
+            "How often one worker reads GPU (NVML) and loaded-model (/api/ps) gauges; "
+            "0 disables."),
     Setting("GATEWAY_CONNECT_TIMEOUT", parse_positive_float, 5.0,
             "Seconds to wait for a TCP connection to the backend."),
     Setting("GATEWAY_READ_TIMEOUT", parse_positive_float, 300.0,

@@ -35,6 +35,8 @@ import orjson
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+from app.observability.context import observe
+
 log = logging.getLogger(__name__)
 
 
@@ -123,7 +125,7 @@ class LimitsUnavailable(GatewayError):
     message = "The rate-limit store cannot be reached; retry shortly."
 
     def __init__(self, message: str | None = None, **details: Any) -> None:
-        super().__init__(message, headers={"Retry-After": "1"}, **details)
+        super().__init__(message, headers={"Retry-After": "1"}, limit="store", **details)
 
 
 class BackendError(GatewayError):
@@ -210,6 +212,7 @@ def error_response(error: GatewayError) -> Response:
 def handle_error(exc: BaseException) -> Response:
     """Log ``exc`` as it deserves and answer with its JSON error response."""
     error = as_gateway_error(exc)
+    observe(error=error.type, error_message=error.message, limit=error.details.get("limit"))
     if not isinstance(exc, (GatewayError, HTTPException)):
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
     elif error.status >= 500 and error.logged:

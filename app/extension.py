@@ -14,6 +14,8 @@ from app.api import create_blueprint
 from app.backend import OllamaBackend
 from app.cli import keys_cli
 from app.config import load_config
+from app.observability import metrics, record
+from app.observability.gpu import Poller, backend_poll
 from app.schemas import ChatRequest, GenerateRequest
 from app.security.auth import require_key
 from app.security.keys import KeyStore
@@ -56,19 +58,29 @@ def build_state(config: dict[str, Any]) -> GatewayState:
                             pool_size=config["GATEWAY_WORKER_CONNECTIONS"])
     service = InferenceService(backend, default_model=config["GATEWAY_DEFAULT_MODEL"],
                                models_cache_seconds=config["GATEWAY_MODELS_CACHE_SECONDS"],
-                               ledger=build_ledger(config))
+                               ledger=build_ledger(config),
+                               log_prompts=config["GATEWAY_LOG_PROMPTS"])
     keys = None if config["GATEWAY_AUTH_DISABLED"] else KeyStore(
         config["GATEWAY_API_KEYS"], config["GATEWAY_API_KEYS_FILE"])
     limit = config["GATEWAY_MAX_TOKENS"]
     schemas: dict[str, Schema] = {"generate": GenerateRequest(max_tokens_limit=limit),
                                   "chat": ChatRequest(max_tokens_limit=limit)}
+    poller = Poller(backend_poll(backend.base_url, backend.loaded_models, metrics.BACKEND_UP),
+                    config["GATEWAY_POLL_SECONDS"])
     return GatewayState(config=config, service=service, schemas=schemas, keys=keys,
+                        poller=poller,
                         max_body_bytes=config["GATEWAY_MAX_BODY_BYTES"],
                         heartbeat_seconds=config["GATEWAY_HEARTBEAT_SECONDS"])
 
 
-def guard(blueprint: Blueprint, app: Flask, config: dict[str, Any]) -> None:
-    """Attach authentication, request-rate limits and CORS to the gateway's routes."""
+def guard(blueprint: Blueprint, app: Flask, state: GatewayState) -> None:
+    """Attach request records, authentication, rate limits and CORS to the gateway's routes."""
+    # First in, last out: every request, refused or not, gets its record.
+    blueprint.before_request(record.begin)
+    blueprint.after_request(record.end)
+    blueprint.teardown_request(record.detach)
+    blueprint.before_request(state.poller.ensure_started)
+    config = state.config
     if not config["GATEWAY_AUTH_DISABLED"]:
         blueprint.before_request(require_key)
     if not config["GATEWAY_RATE_LIMIT_DISABLED"]:
@@ -96,10 +108,10 @@ class InferenceGateway:
 
     def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
         """Attach the gateway to ``app``, under ``url_prefix`` when given."""
-        config = resolve_config(app, self.overrides)
-        app.extensions[EXTENSION_KEY] = build_state(config)
+        state = build_state(resolve_config(app, self.overrides))
+        app.extensions[EXTENSION_KEY] = state
         prefix = self.url_prefix if url_prefix is None else url_prefix
         blueprint = create_blueprint(url_prefix=prefix)
-        guard(blueprint, app, config)
+        guard(blueprint, app, state)
         app.register_blueprint(blueprint)
         app.cli.add_command(keys_cli)

@@ -9,6 +9,8 @@ from typing import Any
 
 from app.backend import Completion, OllamaBackend, TokenStream, Usage
 from app.errors import Forbidden, GatewayError
+from app.observability import metrics
+from app.observability.context import observe
 from app.security.keys import Principal
 from app.security.usage import UsageLedger
 
@@ -44,10 +46,12 @@ class InferenceService:
     """Serve inference requests from one backend, applying the gateway's policy."""
 
     def __init__(self, backend: OllamaBackend, *, default_model: str,
-                 models_cache_seconds: float, ledger: UsageLedger | None = None) -> None:
+                 models_cache_seconds: float, ledger: UsageLedger | None = None,
+                 log_prompts: bool = False) -> None:
         self.backend = backend
         self.default_model = default_model
         self.ledger = ledger
+        self.log_prompts = log_prompts
         self.models_cache_seconds = models_cache_seconds
         self._models: list[dict[str, Any]] = []
         self._models_expire = 0.0
@@ -61,11 +65,17 @@ class InferenceService:
                             allowed_models=sorted(principal.models or ()))
         if self.ledger:
             self.ledger.check_tokens(principal)
+        observe(model=request["model"], backend=self.backend.base_url)
+        if self.log_prompts:
+            observe(prompt=request.get("messages") or request.get("prompt"))
         return request
 
     def complete(self, kind: str, request: dict[str, Any], principal: Principal) -> Completion:
         """Run a ``generate`` or ``chat`` request to its end."""
         completion = self.backend.complete(kind, self._admit(request, principal))
+        observe(usage=completion.usage)
+        if self.log_prompts:
+            observe(output=completion.text)
         if self.ledger:
             self.ledger.charge(principal, completion.usage.prompt_tokens
                                + completion.usage.completion_tokens)
@@ -75,7 +85,7 @@ class InferenceService:
         """Start a streamed ``generate`` or ``chat`` request; its usage is charged on close."""
         self._admit(request, principal)
         if not self.ledger:
-            return self.backend.stream(kind, request)
+            return self._observed(self.backend.stream(kind, request))
         release = self.ledger.open_stream(principal)
         try:
             stream = self.backend.stream(kind, request)
@@ -93,6 +103,14 @@ class InferenceService:
                 log.warning("could not charge %s for a stream: %s", principal.name, exc.message)
 
         stream.on_close(settle)
+        return self._observed(stream)
+
+    def _observed(self, stream: TokenStream) -> TokenStream:
+        """Let the request's record follow ``stream`` to its end; count it while open."""
+        stream.keep_text = self.log_prompts
+        observe(stream=stream)
+        metrics.STREAMS.inc()
+        stream.on_close(lambda _stream: metrics.STREAMS.dec())
         return stream
 
     def models(self) -> list[dict[str, Any]]:

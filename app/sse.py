@@ -48,8 +48,10 @@ def sse_events(stream: TokenStream, heartbeat: float) -> Iterator[bytes]:
 
 def sse_response(stream: TokenStream, heartbeat: float) -> Response:
     """Return a text/event-stream response that relays ``stream`` as it arrives."""
+    # Not direct_passthrough: werkzeug would then hand the bare generator to the
+    # server and skip the response's close callbacks below.
     response = Response(sse_events(stream, heartbeat), mimetype="text/event-stream",
-                        headers=SSE_HEADERS, direct_passthrough=True)
+                        headers=SSE_HEADERS)
     # A generator that never started runs no finally: close the upstream here too.
     response.call_on_close(stream.close)
     return response

@@ -9,6 +9,7 @@ from flask import current_app
 from marshmallow import Schema
 
 if TYPE_CHECKING:
+    from app.observability.gpu import Poller
     from app.security.keys import KeyStore
     from app.service import InferenceService
 
@@ -23,6 +24,7 @@ class GatewayState:
     service: InferenceService
     schemas: dict[str, Schema]
     keys: KeyStore | None  # None: authentication is off
+    poller: Poller
     max_body_bytes: int
     heartbeat_seconds: float
 

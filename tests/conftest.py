@@ -49,7 +49,8 @@ def make_app(fake_ollama: FakeOllama, tmp_path: Path) -> Callable[..., Flask]:
         config = {"TESTING": True, "GATEWAY_OLLAMA_URL": fake_ollama.url,
                   "GATEWAY_READ_TIMEOUT": 5.0, "GATEWAY_DEFAULT_MODEL": "llama3.2",
                   "GATEWAY_API_KEYS": f"tester:{TEST_KEY}",
-                  "GATEWAY_API_KEYS_FILE": str(tmp_path / "keys.json")}
+                  "GATEWAY_API_KEYS_FILE": str(tmp_path / "keys.json"),
+                  "GATEWAY_POLL_SECONDS": 0, "GATEWAY_LOG_FORMAT": "text"}
         return create_app({**config, **overrides})
 
     return factory

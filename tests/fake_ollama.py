@@ -225,10 +225,10 @@ class FakeOllama:
                 return served
         return None
 
-    def record(self, path: str, body: dict[str, Any]) -> None:
-        """Remember a received request body."""
+    def record(self, path: str, body: dict[str, Any], request_id: str | None = None) -> None:
+        """Remember a received request body, with its path and X-Request-ID header."""
         with self._lock:
-            self._seen.append({**body, "path": path})
+            self._seen.append({**body, "path": path, "request_id": request_id})
 
     def begin(self) -> None:
         """Count a validated request as started."""
@@ -467,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(400, go_json_error(raw))
             return
         if isinstance(body, dict):
-            self.fake.record(path, body)
+            self.fake.record(path, body, self.headers.get("X-Request-ID"))
         try:
             job = build_job(self.fake, kind, body)
         except BadRequest as exc:

@@ -69,7 +69,9 @@ def test_client_leaving_closes_the_upstream() -> None:
 def test_response_closes_a_stream_that_never_started() -> None:
     stream = StubStream(["a"])
     response = sse_response(stream, heartbeat=5)  # type: ignore[arg-type]
-    response.close()
+    # What a WSGI server does when the client left before the first byte.
+    app_iter = response({"REQUEST_METHOD": "POST"}, lambda status, headers: None)
+    app_iter.close()
     assert stream.closed
     assert response.headers["Cache-Control"] == "no-cache"
     assert response.headers["X-Accel-Buffering"] == "no"

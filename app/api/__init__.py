@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response
 from flask_restx import Api
 
-from app.api import completions, health, models, streaming
+from app.api import completions, health, metrics, models, streaming
 from app.errors import handle_error
 
-NAMESPACES = (completions.ns, streaming.ns, models.ns, health.ns)
+NAMESPACES = (completions.ns, streaming.ns, models.ns, health.ns, metrics.ns)
 # Swagger 2.0 has no bearer scheme: an apiKey in the Authorization header lets
 # Swagger UI's "Authorize" button send "Bearer <key>" (X-API-Key works too).
 AUTHORIZATIONS = {"bearer": {"type": "apiKey", "in": "header", "name": "Authorization",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,11 @@ class TokenStream:
         self.usage = Usage()
         self.finished = False
         self.pieces = 0  # pieces relayed so far: the usage of a stream cut short
+        self.first_piece_at: float | None = None  # time.monotonic() of the first piece
+        self.error: str | None = None  # the type of the error that ended it, if one did
+        self.error_message: str | None = None
+        self.keep_text = False  # keep the pieces, for GATEWAY_LOG_PROMPTS
+        self._text: list[str] = []
         self._response = response
         self._body = BodyReader(response, read_timeout)
         self._read_line = read_line
@@ -73,6 +79,13 @@ class TokenStream:
 
     def batches(self, heartbeat: float) -> Iterator[list[str]]:
         """Yield lists of pieces as they arrive; ``[]`` after each heartbeat of silence."""
+        try:
+            yield from self._batches(heartbeat)
+        except GatewayError as exc:
+            self.error, self.error_message = exc.type, exc.message
+            raise
+
+    def _batches(self, heartbeat: float) -> Iterator[list[str]]:
         pending = b""
         with translate_errors():
             for payload in self._body.read(heartbeat):
@@ -88,22 +101,34 @@ class TokenStream:
         if not self.finished:
             raise BackendStreamBroken()
 
+    def text(self) -> str:
+        """Return the text relayed so far (kept only when ``keep_text`` is set)."""
+        return "".join(self._text)
+
     def _decode_lines(self, lines: list[bytes]) -> Iterator[list[str]]:
         """Yield the pieces of ``lines``; those before a failing line reach the client first."""
         pieces: list[str] = []
+        failure: GatewayError | None = None
         for line in lines:
             try:
                 piece = self._decode(line)
-            except GatewayError:
-                if pieces:
-                    self.pieces += len(pieces)
-                    yield pieces
-                raise
+            except GatewayError as exc:
+                failure = exc
+                break
             if piece:
                 pieces.append(piece)
         if pieces:
-            self.pieces += len(pieces)
+            self._relayed(pieces)
             yield pieces
+        if failure is not None:
+            raise failure
+
+    def _relayed(self, pieces: list[str]) -> None:
+        if self.first_piece_at is None:
+            self.first_piece_at = time.monotonic()
+        self.pieces += len(pieces)
+        if self.keep_text:
+            self._text.extend(pieces)
 
     def _decode(self, line: bytes) -> str | None:
         if self.finished or not line.strip():

@@ -27,6 +27,7 @@ from app.errors import (
     GatewayError,
     ModelNotFound,
 )
+from app.observability.context import request_id as current_request_id
 
 DEFAULT_RETRY_AFTER = "1"
 USER_AGENT = "flask-inference-gateway/0.1"
@@ -37,6 +38,9 @@ def prepare(method: str, url: str, body: bytes | None = None) -> requests.Prepar
     request = requests.PreparedRequest()
     request.method, request.url, request.body = method, url, body
     headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    request_id = current_request_id()
+    if request_id:
+        headers["X-Request-ID"] = request_id
     if body is not None:
         headers.update({"Content-Type": "application/json", "Content-Length": str(len(body))})
     request.headers = CaseInsensitiveDict(headers)

@@ -119,6 +119,10 @@ class OllamaBackend:
         """Return the models the server has (Ollama's /api/tags entries)."""
         return self._get_json("/api/tags", self.timeout).get("models") or []
 
+    def loaded_models(self) -> list[dict[str, Any]]:
+        """Return the models in the server's memory (Ollama's /api/ps entries)."""
+        return self._get_json("/api/ps", (self.timeout[0], 5.0)).get("models") or []
+
     def version(self, timeout: float) -> str:
         """Return the server's version; a cheap readiness probe."""
         return str(self._get_json("/api/version", (timeout, timeout)).get("version", ""))

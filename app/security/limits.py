@@ -39,7 +39,8 @@ class GatewayLimiter(Limiter):
             limit = self.current_limit
             retry = max(1, math.ceil(limit.reset_at - time.time())) if limit else 1
             raise RateLimited(f"Rate limit of {exc.description} exceeded; retry after the "
-                              "time in Retry-After.", headers={"Retry-After": str(retry)}) from exc
+                              "time in Retry-After.", headers={"Retry-After": str(retry)},
+                              limit="requests") from exc
         except Exception as exc:  # the store failed and the gateway fails closed
             if not self._refusing:
                 self._refusing = True

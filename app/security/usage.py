@@ -93,7 +93,7 @@ class UsageLedger:
             retry = WINDOW - int(time.time()) % WINDOW
             raise RateLimited(f"The token budget of {budget} tokens per minute is spent; "
                               "retry after the time in Retry-After.",
-                              headers={"Retry-After": str(retry)})
+                              headers={"Retry-After": str(retry)}, limit="tokens")
 
     def charge(self, principal: Principal, tokens: int) -> None:
         """Count ``tokens`` against the key's budget for this minute."""
@@ -115,7 +115,7 @@ class UsageLedger:
         if taken > cap:
             self._call(self.counters.add, key, -1, STREAM_SLOT_TTL, default=None)
             raise RateLimited(f"This API key already has {cap} streams open; close one or "
-                              "retry later.", headers={"Retry-After": "1"})
+                              "retry later.", headers={"Retry-After": "1"}, limit="streams")
         released = threading.Event()
 
         def release() -> None:

@@ -11,6 +11,7 @@ from app.schemas.swagger import definitions
 ROUTES = {
     "/v1/generate": "post", "/v1/generate/stream": "post", "/v1/chat": "post",
     "/v1/chat/stream": "post", "/v1/models": "get", "/healthz": "get", "/readyz": "get",
+    "/metrics": "get",
 }
 
 

@@ -1,0 +1,164 @@
+"""One record per request: filled in as the request goes, written out once when it ends.
+
+The record is created when a gateway route is entered, and finished when the
+server closes the response, which for a stream is after its last byte (or
+after the client left). Finishing updates every metric and writes one access
+log line, so the two always agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, g, request
+
+from app.observability import context, metrics
+
+if TYPE_CHECKING:
+    from app.backend import TokenStream, Usage
+
+access_log = logging.getLogger("app.access")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass
+class RequestRecord:
+    """What is known about one request; ``finish`` turns it into metrics and a log line."""
+
+    request_id: str
+    method: str
+    route: str
+    started: float = field(default_factory=time.monotonic)
+    status: int = 0
+    key: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    usage: Usage | None = None
+    stream: TokenStream | None = None
+    error: str | None = None
+    error_message: str | None = None
+    limit: str | None = None
+    prompt: Any = None  # only with GATEWAY_LOG_PROMPTS=1
+    output: str | None = None  # likewise
+    _finished: bool = False
+
+    def finish(self) -> None:
+        """Record the outcome in the metrics and the access log, once."""
+        if self._finished:
+            return
+        self._finished = True
+        duration = time.monotonic() - self.started
+        fields = self._fields(duration)
+        self._count(duration, fields)
+        access_log.info("%s %s %s", self.method, self.route, self.status, extra=fields)
+
+    def _stream_facts(self) -> tuple[Usage | None, float | None, str | None]:
+        """Return the usage, first-piece time and upstream outcome of the request."""
+        stream = self.stream
+        if stream is None:
+            outcome = None if self.backend is None else (self.error or "ok")
+            return self.usage, None, outcome
+        if stream.error:
+            outcome = stream.error
+        else:
+            outcome = "ok" if stream.finished else "cancelled"
+        # A stream cut short never got the backend's counts: its completion tokens
+        # are the pieces relayed, its prompt tokens unknown.
+        usage = stream.usage if stream.finished else type(stream.usage)(0, stream.pieces)
+        return usage, stream.first_piece_at, outcome
+
+    def _fields(self, duration: float) -> dict[str, Any]:
+        usage, first_piece, outcome = self._stream_facts()
+        fields: dict[str, Any] = {
+            "request_id": self.request_id, "method": self.method, "route": self.route,
+            "status": self.status, "duration_ms": round(duration * 1000, 1), "key": self.key,
+            "model": self.model, "backend": self.backend, "upstream": outcome,
+            "ttft_ms": round((first_piece - self.started) * 1000, 1) if first_piece else None,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+        }
+        if self.stream is not None:
+            fields.update(stream=True, pieces=self.stream.pieces,
+                          client_left=outcome == "cancelled")
+        if self.error or (self.stream is not None and self.stream.error):
+            fields["error"] = self.error or (self.stream.error if self.stream else None)
+            fields["error_message"] = self.error_message or (
+                self.stream.error_message if self.stream else None)
+        if self.prompt is not None:
+            fields.update(prompt=self.prompt, output=self.output or (
+                self.stream.text() if self.stream else None))
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def _count(self, duration: float, fields: dict[str, Any]) -> None:
+        model = self.model or ""
+        metrics.REQUESTS.labels(self.route, self.method, str(self.status), model).inc()
+        metrics.DURATION.labels(self.route).observe(duration)
+        metrics.IN_FLIGHT.dec()
+        if self.backend and fields.get("upstream"):
+            metrics.UPSTREAM.labels(self.backend, fields["upstream"]).inc()
+        if fields.get("client_left"):
+            metrics.DISCONNECTS.inc()
+        if "ttft_ms" in fields:
+            metrics.TTFT.labels(model).observe(fields["ttft_ms"] / 1000)
+        self._count_tokens(model, fields)
+        if self.status == 429 or self.error == "limits_unavailable":
+            metrics.RATE_LIMITED.labels(self.limit or "requests").inc()
+        elif self.status in (401, 403):
+            metrics.AUTH_REJECTED.labels(self.error or str(self.status)).inc()
+
+    def _count_tokens(self, model: str, fields: dict[str, Any]) -> None:
+        completion = fields.get("completion_tokens")
+        if completion is None:
+            return
+        key = metrics.key_label(self.key or "anonymous")
+        metrics.PROMPT_TOKENS.labels(model, key).inc(fields.get("prompt_tokens", 0))
+        metrics.COMPLETION_TOKENS.labels(model, key).inc(completion)
+        first = self.stream.first_piece_at if self.stream else None
+        generating = time.monotonic() - (first or self.started)
+        if completion and generating > 0:
+            metrics.TOKEN_RATE.labels(model).observe(completion / generating)
+
+
+def request_id_from_client() -> str:
+    """Return the client's X-Request-ID when well-formed, else a new id."""
+    sent = request.headers.get("X-Request-ID", "")
+    return sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+def begin() -> None:
+    """Open the current request's record (a before_request hook)."""
+    current_record()
+
+
+def current_record() -> RequestRecord:
+    """Return the current request's record, creating it on first use."""
+    record = g.get("gateway_record")
+    if record is None:
+        rule = request.url_rule
+        record = RequestRecord(request_id_from_client(), request.method,
+                               rule.rule if rule is not None else "unmatched")
+        g.gateway_record = record
+        context.attach(record)
+        metrics.IN_FLIGHT.inc()
+    return record
+
+
+def end(response: Response) -> Response:
+    """Stamp the response with its request id; finish the record when it is sent."""
+    record = current_record()
+    record.status = response.status_code
+    # The caller was identified before the record opened (rate limits come first).
+    record.key = record.key or getattr(g.get("gateway_identity"), "name", None)
+    response.headers["X-Request-ID"] = record.request_id
+    response.call_on_close(record.finish)
+    return response
+
+
+def detach(_exc: BaseException | None = None) -> None:
+    """Forget the record at teardown; a stream still holds it until it is sent."""
+    context.attach(None)
