@@ -1,4 +1,4 @@
-"""Fixtures of the integration tests: a throwaway Redis."""
+"""Fixtures of the integration tests: a throwaway Redis, a fake Ollama per module."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fake_ollama import FakeOllama
 from tests.integration.redis_server import AVAILABLE, RedisServer
 
 
@@ -27,3 +28,10 @@ def redis_server() -> Iterator[RedisServer]:
 def shared_redis() -> Iterator[RedisServer]:
     """Run one Redis for a whole module; tests keep apart by key name."""
     yield from started_redis()
+
+
+@pytest.fixture(scope="module")
+def module_fake() -> Iterator[FakeOllama]:
+    """Run the fake Ollama that this module's gateway calls."""
+    with FakeOllama(tokens=8) as fake:
+        yield fake

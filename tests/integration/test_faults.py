@@ -64,13 +64,6 @@ BAD_INPUTS: dict[str, tuple[str, str, dict[str, Any], int, str]] = {
 
 
 @pytest.fixture(scope="module")
-def module_fake() -> Iterator[FakeOllama]:
-    """Run the fake Ollama that this module's gateway calls."""
-    with FakeOllama(tokens=8) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def gateway(module_fake: FakeOllama,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Run a gateway with a 1 s read timeout, 0.3 s heartbeats and a 1000-byte body limit."""

@@ -172,13 +172,6 @@ def read_until(sock: socket.socket, marker: bytes, limit_s: float = 5) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def module_fake() -> Iterator[FakeOllama]:
-    """Run the fake Ollama that this module's gateway calls."""
-    with FakeOllama(tokens=8) as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def gateway(module_fake: FakeOllama,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Run one gunicorn worker in front of the module's fake."""
