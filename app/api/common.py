@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -52,9 +53,15 @@ def json_response(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, mimetype="application/json")
 
 
+# Completion ids: a random part drawn once per process, then a counter; unique
+# without a system call per request.
+_ID_SEED = os.urandom(8).hex()
+_ids = itertools.count()
+
+
 def completion_fields(completion: Completion, prefix: str) -> dict[str, Any]:
     """Return the fields every finished completion carries."""
-    return {"id": f"{prefix}-{uuid.uuid4().hex}", "model": completion.model,
+    return {"id": f"{prefix}-{_ID_SEED}{next(_ids):08x}", "model": completion.model,
             "done_reason": completion.done_reason, "usage": completion.usage.to_dict(),
             "created": int(time.time())}
 

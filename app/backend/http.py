@@ -62,7 +62,21 @@ def send(session: requests.Session, request: requests.PreparedRequest, *, stream
 
 
 class BackendAdapter(HTTPAdapter):
-    """An HTTPAdapter for backend traffic, which carries no cookies."""
+    """An HTTPAdapter for backend traffic, which carries no cookies, proxies or client certs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pools: dict[str, Any] = {}
+
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest, verify: Any,
+                                        proxies: Any = None, cert: Any = None) -> Any:
+        """Return the connection pool of the request's origin, found once per origin."""
+        origin = (request.url or "").split("/", 3)[2]
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+            self._pools[origin] = pool
+        return pool
 
     def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
         """Wrap urllib3's response without the cookie-jar and charset work."""
@@ -79,7 +93,9 @@ def make_session(pool_size: int) -> requests.Session:
     session = requests.Session()
     # Retries are the router's decision, never urllib3's: a retried POST could
     # run a generation twice on the GPU.
-    adapter = BackendAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0,
+    # pool_connections: backends (origins) kept; more than the gateway will ever
+    # call, so the pools cached by BackendAdapter are never evicted and closed.
+    adapter = BackendAdapter(pool_connections=256, pool_maxsize=pool_size, max_retries=0,
                              pool_block=False)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
