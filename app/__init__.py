@@ -6,14 +6,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import load_config
 from app.errors import handle_error
 from app.extension import InferenceGateway
+from app.observability import record
 from app.observability.jsonlog import make_formatter
-from app.observability.record import request_id_from_client
 
 __all__ = ["InferenceGateway", "create_app"]
 
@@ -52,12 +52,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     # Routes outside the gateway's blueprint (unknown paths) answer in the same shape.
     app.register_error_handler(Exception, handle_error)
-    app.after_request(stamp_request_id)
+    # Requests that match no route (404, 405) never reach the blueprint's hooks:
+    # record them at the app level so they are logged and counted as well.
+    app.before_request(record_unrouted)
+    app.after_request(finish_unrouted)
+    app.teardown_request(record.detach)
     return app
 
 
-def stamp_request_id(response: Response) -> Response:
-    """Give responses outside the gateway's routes (404s) a request id too."""
-    if "X-Request-ID" not in response.headers:
-        response.headers["X-Request-ID"] = request_id_from_client()
-    return response
+def record_unrouted() -> None:
+    """Open the record of a request that matched no gateway route."""
+    if request.blueprint is None:
+        record.begin()
+
+
+def finish_unrouted(response: Response) -> Response:
+    """Finish the record of a request that matched no gateway route."""
+    return record.end(response) if request.blueprint is None else response

@@ -79,7 +79,9 @@ class RequestRecord:
             "status": self.status, "duration_ms": round(duration * 1000, 1), "key": self.key,
             "model": self.model, "backend": self.backend, "upstream": outcome,
             "ttft_ms": round((first_piece - self.started) * 1000, 1) if first_piece else None,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
+            # A stream cut short never got the backend's prompt count.
+            "prompt_tokens": usage.prompt_tokens if usage and (
+                self.stream is None or self.stream.finished) else None,
             "completion_tokens": usage.completion_tokens if usage else None,
         }
         if self.stream is not None:
