@@ -8,9 +8,10 @@ from typing import Any
 
 from flask import Blueprint, Flask
 from flask_cors import CORS
+from flask_restx import apidoc
 from marshmallow import Schema
 
-from app.api import create_blueprint
+from app.api import create_blueprint, keep_errors_inside
 from app.backend import OllamaBackend
 from app.cli import keys_cli
 from app.config import load_config
@@ -73,6 +74,14 @@ def build_state(config: dict[str, Any]) -> GatewayState:
                         heartbeat_seconds=config["GATEWAY_HEARTBEAT_SECONDS"])
 
 
+def serve_swagger_assets(app: Flask, prefix: str) -> None:
+    """Serve Swagger UI's files under the gateway's prefix (unless the host app already does)."""
+    restx = app.extensions.setdefault("restx", {})
+    if not restx.get("apidoc_registered"):
+        app.register_blueprint(apidoc.apidoc, url_prefix=prefix)
+        restx["apidoc_registered"] = True
+
+
 def guard(blueprint: Blueprint, app: Flask, state: GatewayState) -> None:
     """Attach request records, authentication, rate limits and CORS to the gateway's routes."""
     # First in, last out: every request, refused or not, gets its record.
@@ -113,5 +122,8 @@ class InferenceGateway:
         prefix = self.url_prefix if url_prefix is None else url_prefix
         blueprint = create_blueprint(url_prefix=prefix)
         guard(blueprint, app, state)
+        if prefix:
+            keep_errors_inside(blueprint)
+            serve_swagger_assets(app, prefix)
         app.register_blueprint(blueprint)
         app.cli.add_command(keys_cli)

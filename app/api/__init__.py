@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app, request
 from flask_restx import Api
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from app.api import completions, health, metrics, models, streaming
 from app.errors import handle_error
@@ -34,3 +35,33 @@ def create_blueprint(name: str = "gateway", url_prefix: str = "") -> Blueprint:
     for namespace in NAMESPACES:
         api.add_namespace(namespace)
     return blueprint
+
+
+CATCH_ALL = "unknown_path"
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def unknown_path(path: str) -> Response:
+    """Answer a path under the prefix that no gateway route serves: 405 or 404, as JSON."""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    allowed = []
+    for method in METHODS:
+        try:
+            endpoint, _ = adapter.match(method=method)
+        except HTTPException:
+            continue
+        if not endpoint.endswith("." + CATCH_ALL):
+            allowed.append(method)
+    raise MethodNotAllowed(valid_methods=allowed) if allowed else NotFound()
+
+
+def keep_errors_inside(blueprint: Blueprint) -> None:
+    """Answer unknown paths under a mounted gateway's prefix with the gateway's JSON errors.
+
+    Only for a prefix: a host app's own 404 and 405 pages stay its own.
+    """
+    blueprint.add_url_rule("/<path:path>", CATCH_ALL, unknown_path, methods=list(METHODS))
+    # Not a restx route, so restx's handler skips it: render its errors here, by
+    # status code too, since Flask prefers a host's code handler to a class one.
+    for code in (404, 405):
+        blueprint.register_error_handler(code, handle_error)
