@@ -80,6 +80,19 @@ def parse_url(raw: str) -> str:
     return value
 
 
+def parse_url_list(raw: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of http(s) base URLs (may be empty)."""
+    return tuple(parse_url(part) for part in raw.split(",") if part.strip())
+
+
+def parse_non_negative_float(raw: str) -> float:
+    """Parse a float of zero or more."""
+    value = float(raw)
+    if value < 0:
+        raise ValueError(f"expected a number >= 0, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: its name, parser, default and meaning."""
@@ -91,8 +104,14 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("GATEWAY_OLLAMA_URL", parse_url, "http://127.0.0.1:11434",
-            "Base URL of the Ollama server the gateway calls."),
+    Setting("GATEWAY_OLLAMA_URL", parse_url_list, ("http://127.0.0.1:11434",),
+            "Ollama servers the gateway calls: comma-separated base URLs (may be empty when "
+            "GATEWAY_OPENAI_URL is set)."),
+    Setting("GATEWAY_OPENAI_URL", parse_url_list, (),
+            "OpenAI-compatible servers (vLLM, llama.cpp server, TGI): comma-separated base "
+            "URLs, with or without /v1."),
+    Setting("GATEWAY_OPENAI_API_KEY", str, "",
+            "Bearer token sent to the OpenAI-compatible servers, when they need one."),
     Setting("GATEWAY_BIND", str, "0.0.0.0:8080",
             "Address gunicorn listens on (host:port)."),
     Setting("GATEWAY_WORKERS", parse_positive_int, os.cpu_count() or 1,
@@ -111,10 +130,31 @@ SETTINGS: tuple[Setting, ...] = (
             "How often one worker reads GPU (NVML) and loaded-model (/api/ps) gauges; "
             "0 disables."),
     Setting("GATEWAY_CONNECT_TIMEOUT", parse_positive_float, 5.0,
-            "Seconds to wait for a TCP connection to the backend."),
-    Setting("GATEWAY_READ_TIMEOUT", parse_positive_float, 300.0,
-            "Longest silence (seconds) allowed from the backend; covers model load and "
-            "first token."),
+            "Seconds to wait for a TCP connection to a backend."),
+    Setting("GATEWAY_FIRST_TOKEN_TIMEOUT", parse_positive_float, 300.0,
+            "Seconds a backend may take to send the first token (covers loading the model); "
+            "past it the request fails over to another backend."),
+    Setting("GATEWAY_READ_TIMEOUT", parse_positive_float, 120.0,
+            "Longest silence (seconds) allowed between two tokens of a stream."),
+    Setting("GATEWAY_TOTAL_TIMEOUT", parse_positive_float, 900.0,
+            "Deadline (seconds) for a whole request: queueing, failover and generation."),
+    Setting("GATEWAY_BACKEND_MAX_CONCURRENCY", parse_non_negative_int, 0,
+            "Requests in flight per backend (e.g. its OLLAMA_NUM_PARALLEL), split evenly over "
+            "the GATEWAY_WORKERS workers; 0: no cap."),
+    Setting("GATEWAY_QUEUE_SIZE", parse_non_negative_int, 100,
+            "Requests per worker that may wait for a backend slot; more get 503."),
+    Setting("GATEWAY_QUEUE_TIMEOUT", parse_non_negative_float, 30.0,
+            "Seconds a request may wait for a backend slot before it gets 503 with "
+            "Retry-After."),
+    Setting("GATEWAY_MAX_ATTEMPTS", parse_positive_int, 3,
+            "Backends one request may try (failover) before its error is returned."),
+    Setting("GATEWAY_BREAKER_FAILURES", parse_positive_int, 3,
+            "Consecutive failures after which a backend gets no traffic for a cool-down."),
+    Setting("GATEWAY_BREAKER_COOLDOWN", parse_positive_float, 10.0,
+            "Seconds a failing backend is left alone before it is tried again."),
+    Setting("GATEWAY_PROBE_SECONDS", parse_non_negative_float, 5.0,
+            "How often each worker probes every backend (health, models, residency); "
+            "0 disables."),
     Setting("GATEWAY_DEFAULT_MODEL", str, "llama3.2",
             "Model used when a request names none."),
     Setting("GATEWAY_MAX_BODY_BYTES", parse_positive_int, 1_048_576,
@@ -157,6 +197,20 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Parse a setting given as a string in code (app.config, overrides) like the environment."""
+    setting = _BY_NAME.get(name)
+    if setting is None or not isinstance(value, str):
+        return value
+    try:
+        return setting.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
 def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return every setting, parsed from ``environ`` (default: os.environ)."""
     environ = os.environ if environ is None else environ
@@ -171,3 +225,20 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError(f"{setting.name}: {exc}") from exc
     return config
+
+
+def describe_default(setting: Setting) -> str:
+    """Return a setting's default as the configuration reference shows it."""
+    value = "number of CPU cores" if setting.name == "GATEWAY_WORKERS" else setting.default
+    if isinstance(value, tuple):
+        value = ",".join(value)
+    if isinstance(value, bool):
+        value = int(value)
+    return f"`{value if value != '' else '(empty)'}`"
+
+
+def markdown_table() -> str:
+    """Return the reference table of every setting (docs/configuration.md holds a copy)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    rows += [f"| `{s.name}` | {describe_default(s)} | {s.help} |" for s in SETTINGS]
+    return "\n".join(rows)

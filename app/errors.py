@@ -13,13 +13,16 @@ Every error the gateway answers with is a ``GatewayError``::
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── ValidationFailed (422 validation_error)
+    ├── ClientLeft (499 client_left: the client went away; nobody reads it)
     ├── RateLimited (429 rate_limited, Retry-After)
     ├── LimitsUnavailable (503 limits_unavailable)
+    ├── ShuttingDown (503 shutting_down, Retry-After)
     └── BackendError (502 backend_error)
         ├── BackendRejected (400 backend_rejected)
         ├── BackendUnavailable (502 backend_unavailable)
         ├── BackendStreamBroken (502 backend_stream_broken)
         ├── BackendBusy (503 backend_busy, Retry-After)
+        ├── NoBackendAvailable (503 no_backend_available, Retry-After)
         ├── NotReady (503 not_ready)
         └── BackendTimeout (504 backend_timeout)
 
@@ -114,6 +117,20 @@ class ValidationFailed(GatewayError):
     message = "The request body is invalid; see 'fields' for what to change."
 
 
+class ClientLeft(GatewayError):
+    status, type = 499, "client_left"
+    logged = False
+    message = "The client closed the connection before the request was served."
+
+
+class ShuttingDown(GatewayError):
+    status, type = 503, "shutting_down"
+    message = "The gateway is restarting; retry the request."
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": "1"}, **details)
+
+
 class RateLimited(GatewayError):
     status, type = 429, "rate_limited"
     message = "Too many requests; retry after the time in Retry-After."
@@ -151,6 +168,11 @@ class BackendStreamBroken(BackendError):
 class BackendBusy(BackendError):
     status, type = 503, "backend_busy"
     message = "The model backend is busy; retry after the time in Retry-After."
+
+
+class NoBackendAvailable(BackendError):
+    status, type = 503, "no_backend_available"
+    message = "Every backend failed recently and is cooling down; retry shortly."
 
 
 class NotReady(BackendError):

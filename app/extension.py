@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask
@@ -12,9 +13,10 @@ from flask_restx import apidoc
 from marshmallow import Schema
 
 from app.api import create_blueprint, keep_errors_inside
-from app.backend import OllamaBackend
+from app.backend import BackendPool, OllamaBackend, OpenAIBackend, Router, Timeouts
+from app.backend.pool import Backend
 from app.cli import keys_cli
-from app.config import load_config
+from app.config import ConfigError, coerce, load_config
 from app.observability import metrics, record
 from app.observability.gpu import Poller, backend_poll
 from app.schemas import ChatRequest, GenerateRequest
@@ -31,8 +33,8 @@ log = logging.getLogger(__name__)
 def resolve_config(app: Flask, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Merge the environment, the app's GATEWAY_* keys and explicit overrides, in that order."""
     config = load_config()
-    config.update({k: v for k, v in app.config.items() if k.startswith("GATEWAY_")})
-    config.update(overrides)
+    config.update({k: coerce(k, v) for k, v in app.config.items() if k.startswith("GATEWAY_")})
+    config.update({k: coerce(k, v) for k, v in overrides.items()})
     return config
 
 
@@ -51,13 +53,54 @@ def build_ledger(config: dict[str, Any]) -> UsageLedger | None:
                        fail_open=config["GATEWAY_REDIS_FAIL_OPEN"])
 
 
+def build_backends(config: dict[str, Any]) -> list[Backend]:
+    """Create one adapter per configured Ollama and OpenAI-compatible server."""
+    timeouts = Timeouts(connect=config["GATEWAY_CONNECT_TIMEOUT"],
+                        first_token=config["GATEWAY_FIRST_TOKEN_TIMEOUT"],
+                        between_tokens=config["GATEWAY_READ_TIMEOUT"],
+                        total=config["GATEWAY_TOTAL_TIMEOUT"])
+    pool_size = config["GATEWAY_WORKER_CONNECTIONS"]
+    backends: list[Backend] = [OllamaBackend(url, timeouts=timeouts, pool_size=pool_size)
+                               for url in config["GATEWAY_OLLAMA_URL"]]
+    backends += [OpenAIBackend(url, timeouts=timeouts, pool_size=pool_size,
+                               api_key=config["GATEWAY_OPENAI_API_KEY"])
+                 for url in config["GATEWAY_OPENAI_URL"]]
+    if not backends:
+        raise ConfigError("No backend: set GATEWAY_OLLAMA_URL or GATEWAY_OPENAI_URL.")
+    return backends
+
+
+def build_router(config: dict[str, Any]) -> Router:
+    """Create the backend pool and the router that fails over between its backends."""
+    backends = build_backends(config)
+    cap = config["GATEWAY_BACKEND_MAX_CONCURRENCY"]
+    # Each worker admits its share of a backend's slots, so all workers together
+    # keep within the cap without talking to each other.
+    per_worker = math.ceil(cap / config["GATEWAY_WORKERS"]) if cap else 0
+    pool = BackendPool(backends, max_concurrency=per_worker,
+                       queue_size=config["GATEWAY_QUEUE_SIZE"],
+                       queue_timeout=config["GATEWAY_QUEUE_TIMEOUT"],
+                       breaker_failures=config["GATEWAY_BREAKER_FAILURES"],
+                       breaker_cooldown=config["GATEWAY_BREAKER_COOLDOWN"])
+    return Router(pool, timeouts=backends[0].timeouts, max_attempts=config["GATEWAY_MAX_ATTEMPTS"])
+
+
+def residency_poll(backends: list[Backend]) -> Callable[[], None]:
+    """Return one poll of the GPU gauges and each Ollama server's loaded models."""
+    polls = [backend_poll(b.base_url, b.loaded_models, metrics.BACKEND_UP)
+             for b in backends if isinstance(b, OllamaBackend)]
+
+    def poll() -> None:
+        for one in polls:
+            one()
+
+    return poll
+
+
 def build_state(config: dict[str, Any]) -> GatewayState:
-    """Create the backend, service, key store and schemas that one gateway uses."""
-    backend = OllamaBackend(config["GATEWAY_OLLAMA_URL"],
-                            connect_timeout=config["GATEWAY_CONNECT_TIMEOUT"],
-                            read_timeout=config["GATEWAY_READ_TIMEOUT"],
-                            pool_size=config["GATEWAY_WORKER_CONNECTIONS"])
-    service = InferenceService(backend, default_model=config["GATEWAY_DEFAULT_MODEL"],
+    """Create the router, service, key store and schemas that one gateway uses."""
+    router = build_router(config)
+    service = InferenceService(router, default_model=config["GATEWAY_DEFAULT_MODEL"],
                                models_cache_seconds=config["GATEWAY_MODELS_CACHE_SECONDS"],
                                ledger=build_ledger(config),
                                log_prompts=config["GATEWAY_LOG_PROMPTS"])
@@ -66,10 +109,11 @@ def build_state(config: dict[str, Any]) -> GatewayState:
     limit = config["GATEWAY_MAX_TOKENS"]
     schemas: dict[str, Schema] = {"generate": GenerateRequest(max_tokens_limit=limit),
                                   "chat": ChatRequest(max_tokens_limit=limit)}
-    poller = Poller(backend_poll(backend.base_url, backend.loaded_models, metrics.BACKEND_UP),
-                    config["GATEWAY_POLL_SECONDS"])
+    backends = [node.backend for node in router.pool.nodes]
+    pollers = (Poller(residency_poll(backends), config["GATEWAY_POLL_SECONDS"]),
+               Poller(router.probe_all, config["GATEWAY_PROBE_SECONDS"], exclusive=False))
     return GatewayState(config=config, service=service, schemas=schemas, keys=keys,
-                        poller=poller,
+                        pollers=pollers,
                         max_body_bytes=config["GATEWAY_MAX_BODY_BYTES"],
                         heartbeat_seconds=config["GATEWAY_HEARTBEAT_SECONDS"])
 
@@ -88,7 +132,8 @@ def guard(blueprint: Blueprint, app: Flask, state: GatewayState) -> None:
     blueprint.before_request(record.begin)
     blueprint.after_request(record.end)
     blueprint.teardown_request(record.detach)
-    blueprint.before_request(state.poller.ensure_started)
+    for poller in state.pollers:
+        blueprint.before_request(poller.ensure_started)
     config = state.config
     if not config["GATEWAY_AUTH_DISABLED"]:
         blueprint.before_request(require_key)

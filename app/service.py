@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import time
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
-from app.backend import Completion, OllamaBackend, TokenStream, Usage
+from flask import has_request_context
+from flask import request as http_request
+
+from app.backend import Completion, TokenStream, Usage
+from app.backend.router import Router, never_gone
 from app.errors import Forbidden, GatewayError
 from app.observability import metrics
 from app.observability.context import observe
@@ -17,23 +23,21 @@ from app.security.usage import UsageLedger
 log = logging.getLogger(__name__)
 
 
-def created_at(modified_at: str | None) -> int:
-    """Return Ollama's RFC 3339 ``modified_at`` as Unix time (0 when unreadable)."""
-    try:
-        return int(datetime.fromisoformat(modified_at or "").timestamp())
-    except ValueError:
-        return 0
+def client_watch() -> Callable[[], bool]:
+    """Return a check of whether the current request's client has closed its connection."""
+    sock = http_request.environ.get("gunicorn.sock") if has_request_context() else None
+    if sock is None:
+        return never_gone
 
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            # Readable with nothing to read: the client closed its end.
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
-def model_info(entry: dict[str, Any]) -> dict[str, Any]:
-    """Return one /api/tags entry as an OpenAI-style model object."""
-    details = dict(entry.get("details") or {})
-    for key in ("size", "digest", "modified_at"):
-        if key in entry:
-            details[key] = entry[key]
-    return {"id": entry.get("name") or entry.get("model", ""), "object": "model",
-            "created": created_at(entry.get("modified_at")), "owned_by": "ollama",
-            "details": details}
+    return gone
 
 
 def estimate_prompt_tokens(request: dict[str, Any]) -> int:
@@ -43,12 +47,12 @@ def estimate_prompt_tokens(request: dict[str, Any]) -> int:
 
 
 class InferenceService:
-    """Serve inference requests from one backend, applying the gateway's policy."""
+    """Serve inference requests from the backends, applying the gateway's policy."""
 
-    def __init__(self, backend: OllamaBackend, *, default_model: str,
+    def __init__(self, router: Router, *, default_model: str,
                  models_cache_seconds: float, ledger: UsageLedger | None = None,
                  log_prompts: bool = False) -> None:
-        self.backend = backend
+        self.router = router
         self.default_model = default_model
         self.ledger = ledger
         self.log_prompts = log_prompts
@@ -65,14 +69,14 @@ class InferenceService:
                             allowed_models=sorted(principal.models or ()))
         if self.ledger:
             self.ledger.check_tokens(principal)
-        observe(model=request["model"], backend=self.backend.base_url)
+        observe(model=request["model"])
         if self.log_prompts:
             observe(prompt=request.get("messages") or request.get("prompt"))
         return request
 
     def complete(self, kind: str, request: dict[str, Any], principal: Principal) -> Completion:
         """Run a ``generate`` or ``chat`` request to its end."""
-        completion = self.backend.complete(kind, self._admit(request, principal))
+        completion = self.router.complete(kind, self._admit(request, principal), client_watch())
         observe(usage=completion.usage)
         if self.log_prompts:
             observe(output=completion.text)
@@ -85,10 +89,10 @@ class InferenceService:
         """Start a streamed ``generate`` or ``chat`` request; its usage is charged on close."""
         self._admit(request, principal)
         if not self.ledger:
-            return self._observed(self.backend.stream(kind, request))
+            return self._observed(self.router.stream(kind, request, client_watch()))
         release = self.ledger.open_stream(principal)
         try:
-            stream = self.backend.stream(kind, request)
+            stream = self.router.stream(kind, request, client_watch())
         except BaseException:
             release()
             raise
@@ -117,16 +121,11 @@ class InferenceService:
         """Return the served models, reusing a recent answer."""
         now = time.monotonic()
         if now >= self._models_expire:
-            self._models = [model_info(m) for m in self.backend.list_models()]
+            self._models = self.router.list_models()
             self._models_expire = now + self.models_cache_seconds
         return self._models
 
-    def readiness(self, timeout: float = 2.0) -> tuple[bool, list[dict[str, Any]]]:
-        """Probe every backend; return whether all answer, and each one's status."""
-        status: dict[str, Any] = {"url": self.backend.base_url}
-        try:
-            status["version"] = self.backend.version(timeout)
-            status["ok"] = True
-        except GatewayError as exc:
-            status.update(ok=False, error=exc.message)
-        return status["ok"], [status]
+    def readiness(self) -> tuple[bool, list[dict[str, Any]]]:
+        """Probe every backend now; return whether any can serve, and each one's status."""
+        statuses = self.router.probe_all()
+        return any(status["ok"] for status in statuses), statuses

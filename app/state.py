@@ -24,7 +24,7 @@ class GatewayState:
     service: InferenceService
     schemas: dict[str, Schema]
     keys: KeyStore | None  # None: authentication is off
-    poller: Poller
+    pollers: tuple[Poller, ...]  # GPU/residency gauges; backend health probes
     max_body_bytes: int
     heartbeat_seconds: float
 

@@ -47,7 +47,9 @@ def make_app(fake_ollama: FakeOllama, tmp_path: Path) -> Callable[..., Flask]:
 
     def factory(**overrides: Any) -> Flask:
         config = {"TESTING": True, "GATEWAY_OLLAMA_URL": fake_ollama.url,
-                  "GATEWAY_READ_TIMEOUT": 5.0, "GATEWAY_DEFAULT_MODEL": "llama3.2",
+                  "GATEWAY_READ_TIMEOUT": 5.0, "GATEWAY_FIRST_TOKEN_TIMEOUT": 5.0,
+                  "GATEWAY_TOTAL_TIMEOUT": 30.0, "GATEWAY_PROBE_SECONDS": 0,
+                  "GATEWAY_WORKERS": 1, "GATEWAY_DEFAULT_MODEL": "llama3.2",
                   "GATEWAY_API_KEYS": f"tester:{TEST_KEY}",
                   "GATEWAY_API_KEYS_FILE": str(tmp_path / "keys.json"),
                   "GATEWAY_POLL_SECONDS": 0, "GATEWAY_LOG_FORMAT": "text"}

@@ -7,27 +7,32 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from app.config import SETTINGS, ConfigError, load_config
+from app.config import SETTINGS, ConfigError, coerce, load_config, markdown_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def test_defaults_without_environment() -> None:
     config = load_config({})
-    assert config["GATEWAY_OLLAMA_URL"] == "http://127.0.0.1:11434"
+    assert config["GATEWAY_OLLAMA_URL"] == ("http://127.0.0.1:11434",)
+    assert config["GATEWAY_OPENAI_URL"] == ()
     assert config["GATEWAY_BIND"] == "0.0.0.0:8080"
     assert config["GATEWAY_AUTH_DISABLED"] is False
     assert set(config) == {s.name for s in SETTINGS}
 
 
 @pytest.mark.parametrize(("name", "raw", "value"), [
-    ("GATEWAY_OLLAMA_URL", "http://gpu:11434/", "http://gpu:11434"),
+    ("GATEWAY_OLLAMA_URL", "http://gpu:11434/", ("http://gpu:11434",)),
+    ("GATEWAY_OLLAMA_URL", "http://a:1, https://b:2/", ("http://a:1", "https://b:2")),
+    ("GATEWAY_OLLAMA_URL", "", ()),
+    ("GATEWAY_QUEUE_TIMEOUT", "0", 0.0),
     ("GATEWAY_WORKERS", "4", 4),
     ("GATEWAY_READ_TIMEOUT", "2.5", 2.5),
     ("GATEWAY_AUTH_DISABLED", "1", True),
     ("GATEWAY_RATE_LIMIT_DISABLED", "true", True),
     ("GATEWAY_AUTH_DISABLED", "off", False),
-], ids=["url-slash", "int", "float", "bool-1", "bool-true", "bool-off"])
+], ids=["url-slash", "url-list", "url-empty", "float-zero", "int", "float", "bool-1",
+        "bool-true", "bool-off"])
 def test_values_are_parsed(name: str, raw: str, value: object) -> None:
     assert load_config({name: raw})[name] == value
 
@@ -37,8 +42,11 @@ def test_values_are_parsed(name: str, raw: str, value: object) -> None:
     ("GATEWAY_WORKERS", "two"),
     ("GATEWAY_WORKERS", "0"),
     ("GATEWAY_READ_TIMEOUT", "-1"),
+    ("GATEWAY_OPENAI_URL", "http://ok:1,vllm:8000"),
+    ("GATEWAY_QUEUE_TIMEOUT", "-1"),
     ("GATEWAY_AUTH_DISABLED", "maybe"),
-], ids=["url-scheme", "int-word", "int-zero", "negative-timeout", "bool-word"])
+], ids=["url-scheme", "int-word", "int-zero", "negative-timeout", "url-in-list",
+        "negative-queue-timeout", "bool-word"])
 def test_bad_values_name_the_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_config({name: raw})
@@ -53,6 +61,24 @@ def test_app_config_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert state.config["GATEWAY_MAX_TOKENS"] == 99
 
 
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
-def test_every_setting_is_documented(setting) -> None:
-    assert f"`{setting.name}`" in DOCS.read_text()
+def test_reference_table_in_the_docs_is_current() -> None:
+    # Regenerate with: python -c "from app.config import markdown_table; print(markdown_table())"
+    assert markdown_table() in DOCS.read_text()
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    ("http://a:1,http://b:2", ("http://a:1", "http://b:2")),
+    (("http://a:1",), ("http://a:1",)),
+], ids=["string-is-parsed", "tuple-is-kept"])
+def test_settings_given_in_code_are_coerced(value: object, parsed: tuple) -> None:
+    assert coerce("GATEWAY_OLLAMA_URL", value) == parsed
+
+
+def test_settings_given_in_code_are_checked() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_OPENAI_URL"):
+        create_app({"GATEWAY_OPENAI_URL": "vllm:8000"})
+
+
+def test_a_gateway_needs_a_backend() -> None:
+    with pytest.raises(ConfigError, match="No backend"):
+        create_app({"GATEWAY_OLLAMA_URL": "", "GATEWAY_OPENAI_URL": ""})

@@ -6,37 +6,42 @@ from typing import Any
 
 import pytest
 
-from app.backend import Completion, Usage
+from app.backend import BackendPool, Completion, Router, Timeouts, Usage
+from app.backend.base import Probe
 from app.errors import BackendUnavailable
 from app.security.keys import Principal
-from app.service import InferenceService, created_at, model_info
+from app.service import InferenceService
 
 
 class StubBackend:
+    kind = "ollama"
     base_url = "http://gpu:11434"
+    timeouts = Timeouts()
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.down = False
 
-    def complete(self, kind: str, request: dict[str, Any]) -> Completion:
+    def complete(self, kind: str, request: dict[str, Any],
+                 deadline: float | None = None) -> Completion:
         self.calls.append((kind, request))
         return Completion(request["model"], "text", "stop", Usage(1, 1))
 
-    def list_models(self) -> list[dict[str, Any]]:
+    def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
         self.calls.append(("tags", None))
-        return [{"name": "llama3.2:latest", "modified_at": "2026-01-01T00:00:00Z", "size": 5,
-                 "details": {"family": "llama"}}]
+        return [{"id": "llama3.2:latest", "object": "model", "created": 0,
+                 "owned_by": "ollama", "details": {}}]
 
-    def version(self, timeout: float) -> str:
+    def probe(self, timeout: float) -> Probe:
         if self.down:
             raise BackendUnavailable()
-        return "0.12.0"
+        return Probe(self.list_models(), set(), "0.12.0")
 
 
 def service(cache: float = 10.0) -> tuple[InferenceService, StubBackend]:
     backend = StubBackend()
-    return InferenceService(backend, default_model="llama3.2",  # type: ignore[arg-type]
+    router = Router(BackendPool([backend]), timeouts=Timeouts())  # type: ignore[list-item]
+    return InferenceService(router, default_model="llama3.2",
                             models_cache_seconds=cache), backend
 
 
@@ -58,20 +63,6 @@ def test_models_are_cached(cache: float, fetches: int) -> None:
     assert models[0]["id"] == "llama3.2:latest"
 
 
-def test_model_info_is_openai_shaped() -> None:
-    info = model_info({"name": "m:latest", "modified_at": "2026-01-01T00:00:00Z", "size": 5,
-                       "digest": "sha256:0", "details": {"family": "llama"}})
-    assert info == {"id": "m:latest", "object": "model", "created": 1767225600,
-                    "owned_by": "ollama",
-                    "details": {"family": "llama", "size": 5, "digest": "sha256:0",
-                                "modified_at": "2026-01-01T00:00:00Z"}}
-
-
-@pytest.mark.parametrize("raw", [None, "", "yesterday"], ids=["none", "empty", "garbage"])
-def test_unreadable_dates_are_zero(raw: str | None) -> None:
-    assert created_at(raw) == 0
-
-
 @pytest.mark.parametrize("down", [False, True], ids=["up", "down"])
 def test_readiness(down: bool) -> None:
     svc, backend = service()
@@ -79,4 +70,6 @@ def test_readiness(down: bool) -> None:
     ready, statuses = svc.readiness()
     assert ready is not down
     assert statuses[0]["url"] == "http://gpu:11434"
+    assert statuses[0]["kind"] == "ollama"
     assert ("error" in statuses[0]) is down
+    assert statuses[0]["models"] == ([] if down else ["llama3.2", "llama3.2:latest"])

@@ -12,6 +12,7 @@ read through ``iter_content`` instead.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections.abc import Iterator
@@ -80,30 +81,42 @@ def raw_parts(response: requests.Response) -> tuple[socket.socket, object] | Non
 
 
 class BodyReader:
-    """Yield payload bytes of a streamed response as they arrive; SILENCE when idle."""
+    """Yield payload bytes of a streamed response as they arrive; SILENCE when idle.
 
-    def __init__(self, response: requests.Response, read_timeout: float) -> None:
+    Silence is bounded by ``first_timeout`` until the first byte arrives, by
+    ``read_timeout`` between later bytes, and the whole read by ``deadline``
+    (a ``time.monotonic()`` value). ``heartbeat`` may change between reads.
+    """
+
+    def __init__(self, response: requests.Response, read_timeout: float, *,
+                 first_timeout: float | None = None, deadline: float = math.inf) -> None:
         self.response = response
         self.read_timeout = read_timeout
+        self.first_timeout = read_timeout if first_timeout is None else first_timeout
+        self.deadline = deadline
+        self.heartbeat = read_timeout
         self.complete = False
+        self.got_data = False
 
     def read(self, heartbeat: float) -> Iterator[bytes | None]:
         """Yield payload bytes, or SILENCE after each ``heartbeat`` of backend silence."""
+        self.heartbeat = heartbeat
         parts = raw_parts(self.response)
         if parts is None:
             yield from self._read_with_requests()
         else:
-            yield from self._read_socket(*parts, heartbeat)
+            yield from self._read_socket(*parts)
 
     def _read_with_requests(self) -> Iterator[bytes]:
-        yield from self.response.iter_content(chunk_size=None)
+        for data in self.response.iter_content(chunk_size=None):
+            self.got_data = True
+            yield data
         self.complete = True
 
-    def _read_socket(self, sock: socket.socket, buffered: object,
-                     heartbeat: float) -> Iterator[bytes | None]:
+    def _read_socket(self, sock: socket.socket, buffered: object) -> Iterator[bytes | None]:
         decoder = ChunkedDecoder() if self.response.raw.chunked else None
         length = self.response.raw.length_remaining
-        for data in self._recv(sock, buffered, heartbeat):
+        for data in self._recv(sock, buffered):
             if data is SILENCE:
                 yield SILENCE
                 continue
@@ -120,37 +133,43 @@ class BodyReader:
             raise BackendStreamBroken()
         self.complete = True  # a body delimited by the connection closing
 
-    def _recv(self, sock: socket.socket, buffered: object,
-              heartbeat: float) -> Iterator[bytes | None]:
+    def _wait(self, last_data: float) -> float:
+        """Return how long the next read may wait, or raise when a limit has passed."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise BackendTimeout("The model backend did not finish within the total deadline.")
+        limit = self.read_timeout if self.got_data else self.first_timeout
+        silent = now - last_data
+        if silent >= limit:
+            raise BackendTimeout() if self.got_data else BackendTimeout(
+                "The model backend sent no token within the first-token timeout.")
+        return min(self.heartbeat, limit - silent, self.deadline - now)
+
+    def _recv(self, sock: socket.socket, buffered: object) -> Iterator[bytes | None]:
         # Bytes read ahead with the headers sit in the buffered reader: take
         # them without blocking, then read the socket itself.
         sock.settimeout(0.0)
         first = buffered.read1(READ_SIZE)  # type: ignore[attr-defined]
         if first:
+            self.got_data = True
             yield first
-        full_wait = wait = min(heartbeat, self.read_timeout)
-        sock.settimeout(wait)
-        last_data = time.monotonic()
+        last_data, current = time.monotonic(), -1.0
         while True:
+            wait = self._wait(last_data)
+            if wait != current:  # settimeout only when the wait changes
+                sock.settimeout(wait)
+                current = wait
             try:
                 data = sock.recv(READ_SIZE)
             except (socket.timeout, BlockingIOError):
-                silent = time.monotonic() - last_data
-                if silent >= self.read_timeout:
-                    raise BackendTimeout() from None
-                yield SILENCE
-                # Never wait past the read timeout for the next heartbeat.
-                wait = min(heartbeat, self.read_timeout - silent)
-                sock.settimeout(wait)
+                if wait >= self.heartbeat:  # a full heartbeat of silence, not a limit
+                    yield SILENCE
                 continue
             except OSError as exc:
                 raise BackendStreamBroken() from exc
             if not data:
                 return
-            last_data = time.monotonic()
-            if wait != full_wait:
-                wait = full_wait
-                sock.settimeout(wait)
+            last_data, self.got_data = time.monotonic(), True
             yield data
 
     def _release(self) -> None:

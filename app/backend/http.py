@@ -6,6 +6,7 @@ statuses become the gateway's typed errors.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,11 +34,12 @@ DEFAULT_RETRY_AFTER = "1"
 USER_AGENT = "flask-inference-gateway/0.1"
 
 
-def prepare(method: str, url: str, body: bytes | None = None) -> requests.PreparedRequest:
+def prepare(method: str, url: str, body: bytes | None = None,
+            extra_headers: dict[str, str] | None = None) -> requests.PreparedRequest:
     """Return a ready-to-send request, skipping Session.prepare_request's merging work."""
     request = requests.PreparedRequest()
     request.method, request.url, request.body = method, url, body
-    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(extra_headers or {})}
     request_id = current_request_id()
     if request_id:
         headers["X-Request-ID"] = request_id
@@ -180,3 +182,50 @@ def abort_response(response: requests.Response) -> None:
         except OSError:
             pass
     response.close()
+
+
+class HttpBackend:
+    """What every adapter shares: one pooled Session per process, JSON in and out."""
+
+    kind = "http"
+
+    def __init__(self, base_url: str, *, pool_size: int,
+                 headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.pool_size = pool_size
+        self.headers = headers or {}
+        self._session: requests.Session | None = None
+        self._session_pid = 0
+
+    @property
+    def session(self) -> requests.Session:
+        """Return this process's Session; a forked worker never shares its parent's."""
+        if self._session is None or self._session_pid != os.getpid():
+            self._session = make_session(self.pool_size)
+            self._session_pid = os.getpid()
+        return self._session
+
+    def post(self, path: str, payload: dict[str, Any], *, stream: bool,
+             timeout: tuple[float, float]) -> requests.Response:
+        """POST ``payload`` as JSON; raise the gateway error for an error status."""
+        request = prepare("POST", self.base_url + path, orjson.dumps(payload), self.headers)
+        response = send(self.session, request, stream=stream, timeout=timeout)
+        raise_for_status(response)
+        return response
+
+    def get_json(self, path: str, timeout: tuple[float, float]) -> Any:
+        """GET ``path`` and return its JSON body."""
+        request = prepare("GET", self.base_url + path, None, self.headers)
+        response = send(self.session, request, stream=False, timeout=timeout)
+        raise_for_status(response)
+        return read_json(response, path)
+
+
+def read_json(response: requests.Response, what: str) -> Any:
+    """Return the JSON body of a whole upstream response."""
+    with translate_errors():
+        body = response.content
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BackendError(f"The model backend's answer to {what} is not JSON.") from exc

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
+from datetime import datetime
 from typing import Any
 
-import orjson
-import requests
-
-from app.backend.base import Completion, TokenStream, Usage
-from app.backend.http import (
-    make_session,
-    prepare,
-    raise_for_status,
-    send,
-    translate_errors,
-    upstream_message,
+from app.backend.base import (
+    Completion,
+    Probe,
+    Timeouts,
+    TokenStream,
+    Usage,
+    call_timeout,
+    parse_object,
 )
+from app.backend.http import HttpBackend, read_json
 from app.errors import BackendError
 
 # Gateway option name -> Ollama option name.
@@ -38,8 +36,9 @@ def text_of(data: dict[str, Any]) -> str:
     return data.get("response") or ""
 
 
-def read_line(stream: TokenStream, data: dict[str, Any]) -> str | None:
-    """Return the piece in one streamed line; record the usage on the final one."""
+def decode_line(stream: TokenStream, line: bytes) -> str | None:
+    """Return the piece in one streamed NDJSON line; record the usage on the final one."""
+    data = parse_object(line)
     if data.get("done"):
         stream.finish(data.get("done_reason"), usage_of(data))
     return text_of(data)
@@ -59,70 +58,71 @@ def build_payload(kind: str, request: dict[str, Any], stream: bool) -> dict[str,
     return payload
 
 
-class OllamaBackend:
+def created_at(modified_at: str | None) -> int:
+    """Return Ollama's RFC 3339 ``modified_at`` as Unix time (0 when unreadable)."""
+    try:
+        return int(datetime.fromisoformat(modified_at or "").timestamp())
+    except ValueError:
+        return 0
+
+
+def model_info(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return one /api/tags entry as an OpenAI-style model object."""
+    details = dict(entry.get("details") or {})
+    for key in ("size", "digest", "modified_at"):
+        if key in entry:
+            details[key] = entry[key]
+    return {"id": entry.get("name") or entry.get("model", ""), "object": "model",
+            "created": created_at(entry.get("modified_at")), "owned_by": "ollama",
+            "details": details}
+
+
+class OllamaBackend(HttpBackend):
     """Call one Ollama server over a pooled, per-process requests Session."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
-                 pool_size: int) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = (connect_timeout, read_timeout)
-        self.pool_size = pool_size
-        self._session: requests.Session | None = None
-        self._session_pid = 0
+    kind = "ollama"
 
-    @property
-    def session(self) -> requests.Session:
-        """Return this process's Session; a forked worker never shares its parent's."""
-        if self._session is None or self._session_pid != os.getpid():
-            self._session = make_session(self.pool_size)
-            self._session_pid = os.getpid()
-        return self._session
+    def __init__(self, base_url: str, *, timeouts: Timeouts, pool_size: int) -> None:
+        super().__init__(base_url, pool_size=pool_size)
+        self.timeouts = timeouts
 
-    def _post(self, path: str, payload: dict[str, Any], stream: bool) -> requests.Response:
-        request = prepare("POST", self.base_url + path, orjson.dumps(payload))
-        response = send(self.session, request, stream=stream, timeout=self.timeout)
-        raise_for_status(response)
-        return response
-
-    def complete(self, kind: str, request: dict[str, Any]) -> Completion:
+    def complete(self, kind: str, request: dict[str, Any],
+                 deadline: float | None = None) -> Completion:
         """Run one generation to its end and return it whole."""
-        response = self._post(ENDPOINTS[kind], build_payload(kind, request, False), False)
-        with translate_errors():
-            body = response.content
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BackendError("The model backend answered with a body that is not JSON.") \
-                from exc
+        deadline = deadline or self.timeouts.deadline()
+        response = self.post(ENDPOINTS[kind], build_payload(kind, request, False), stream=False,
+                             timeout=call_timeout(self.timeouts, deadline, self.timeouts.total))
+        data = read_json(response, ENDPOINTS[kind])
         if not isinstance(data, dict) or "error" in data:
-            raise BackendError(f"The model backend failed: {upstream_message(body)}")
+            message = data.get("error") if isinstance(data, dict) else "not a JSON object"
+            raise BackendError(f"The model backend failed: {message}")
         return Completion(model=data.get("model") or request["model"], text=text_of(data),
                           done_reason=data.get("done_reason"), usage=usage_of(data))
 
-    def stream(self, kind: str, request: dict[str, Any]) -> TokenStream:
+    def stream(self, kind: str, request: dict[str, Any],
+               deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller must close the returned stream."""
-        response = self._post(ENDPOINTS[kind], build_payload(kind, request, True), True)
-        return TokenStream(response, request["model"], read_line, self.timeout[1])
+        deadline = deadline or self.timeouts.deadline()
+        response = self.post(ENDPOINTS[kind], build_payload(kind, request, True), stream=True,
+                             timeout=call_timeout(self.timeouts, deadline,
+                                                  self.timeouts.first_token))
+        return TokenStream(response, request["model"], decode_line, self.timeouts, deadline)
 
-    def _get_json(self, path: str, timeout: tuple[float, float]) -> dict[str, Any]:
-        response = send(self.session, prepare("GET", self.base_url + path), stream=False,
-                        timeout=timeout)
-        raise_for_status(response)
-        with translate_errors():
-            body = response.content
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BackendError(f"The model backend's {path} is not JSON.") from exc
+    def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Return the server's models (from /api/tags) as OpenAI-style model objects."""
+        timeout = timeout or self.timeouts.first_token
+        body = self.get_json("/api/tags", (self.timeouts.connect, timeout))
+        return [model_info(m) for m in body.get("models") or []]
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """Return the models the server has (Ollama's /api/tags entries)."""
-        return self._get_json("/api/tags", self.timeout).get("models") or []
-
-    def loaded_models(self) -> list[dict[str, Any]]:
+    def loaded_models(self, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Return the models in the server's memory (Ollama's /api/ps entries)."""
-        return self._get_json("/api/ps", (self.timeout[0], 5.0)).get("models") or []
+        return self.get_json("/api/ps", (self.timeouts.connect, timeout)).get("models") or []
 
     def version(self, timeout: float) -> str:
         """Return the server's version; a cheap readiness probe."""
-        return str(self._get_json("/api/version", (timeout, timeout)).get("version", ""))
+        return str(self.get_json("/api/version", (timeout, timeout)).get("version", ""))
+
+    def probe(self, timeout: float) -> Probe:
+        """Return the server's models, those loaded in memory, and its version."""
+        loaded = {m.get("name") or m.get("model", "") for m in self.loaded_models(timeout)}
+        return Probe(self.list_models(timeout), loaded, self.version(timeout))

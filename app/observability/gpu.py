@@ -101,11 +101,13 @@ class ResidencyTracker:
 
 
 class Poller:
-    """Run ``poll`` every ``interval`` seconds in the one worker that holds the lock."""
+    """Run ``poll`` every ``interval`` seconds: in one worker (``exclusive``) or in each."""
 
-    def __init__(self, poll: Callable[[], None], interval: float) -> None:
+    def __init__(self, poll: Callable[[], None], interval: float, *,
+                 exclusive: bool = True) -> None:
         self.poll = poll
         self.interval = interval
+        self.exclusive = exclusive
         folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
         self.lock_path = os.path.join(folder, "gateway-poller.lock")
         self._started_pid = 0
@@ -133,7 +135,7 @@ class Poller:
 
     def _run(self) -> None:
         while True:
-            if self.holds_lock():
+            if not self.exclusive or self.holds_lock():
                 try:
                     self.poll()
                 except Exception:  # a failed poll must not end the loop

@@ -35,13 +35,23 @@ class BackendStatus(Schema):
     """How one backend answered the readiness probe."""
 
     url = fields.String(required=True)
-    ok = fields.Boolean(required=True)
+    kind = fields.String(required=True, metadata=describe("'ollama' or 'openai'.", "ollama"))
+    ok = fields.Boolean(required=True, metadata=describe("It answered its probe and has no "
+                                                         "recent failure."))
+    circuit = fields.String(required=True, metadata=describe(
+        "'closed' (gets traffic) or 'open' (cooling down after failures).", "closed"))
+    in_flight = fields.Integer(required=True, metadata=describe(
+        "Requests this worker has on it now."))
+    models = fields.List(fields.String(), required=True,
+                         metadata=describe("Models it serves (with and without ':latest')."))
+    loaded = fields.List(fields.String(), required=True,
+                         metadata=describe("Models it holds in memory."))
     version = fields.String(metadata=describe("The backend's version, when it answered."))
     error = fields.String(metadata=describe("Why it is not ready, when it is not."))
 
 
 class ReadyBody(Schema):
-    """Answer of GET /readyz (200 ready, 503 not ready)."""
+    """Answer of GET /readyz (200 when any backend can serve, 503 when none can)."""
 
     status = fields.String(required=True, metadata=describe("'ready' or 'not_ready'.", "ready"))
     backends = fields.List(fields.Nested(BackendStatus), required=True)

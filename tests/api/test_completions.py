@@ -54,7 +54,7 @@ def test_backend_faults_before_the_first_byte(client: FlaskClient, route: str, p
 
 
 def test_backend_timeout(make_client) -> None:
-    client = make_client(GATEWAY_READ_TIMEOUT=0.3)
+    client = make_client(GATEWAY_TOTAL_TIMEOUT=0.3)
     response = client.post("/v1/generate", json={"prompt": "[[sim:delay=2]]"})
     assert response.status_code == 504
     assert response.get_json()["error"]["type"] == "backend_timeout"

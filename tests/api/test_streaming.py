@@ -47,11 +47,21 @@ def test_failure_after_the_first_byte_is_an_error_event(client: FlaskClient, dir
 
 def test_silent_backend_gets_pings_then_a_timeout_event(make_client) -> None:
     client = make_client(GATEWAY_HEARTBEAT_SECONDS=0.2, GATEWAY_READ_TIMEOUT=0.9)
-    response = client.post("/v1/generate/stream", json={"prompt": "[[sim:hang]]"})
+    response = client.post("/v1/generate/stream",
+                           json={"prompt": "[[sim:tokens=3]] [[sim:itl=5]]"})
     events = parse_sse(response.get_data())
+    assert events[0][1] == {"text": " tok0"}
     assert events.count(COMMENT) >= 3
     assert events[-1][0] == "error"
     assert events[-1][1]["error"]["type"] == "backend_timeout"
+
+
+def test_no_first_token_in_time_is_a_504_before_any_byte(make_client) -> None:
+    client = make_client(GATEWAY_FIRST_TOKEN_TIMEOUT=0.5, GATEWAY_HEARTBEAT_SECONDS=0.1)
+    response = client.post("/v1/generate/stream", json={"prompt": "[[sim:hang]]"})
+    assert response.status_code == 504
+    assert response.get_json()["error"]["type"] == "backend_timeout"
+    assert "first-token" in response.get_json()["error"]["message"]
 
 
 def test_closing_the_response_cancels_the_upstream(make_client, fake_ollama: FakeOllama) -> None:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.backend import OllamaBackend
+from app.backend import OllamaBackend, Timeouts
 from app.backend.body import ChunkedDecoder
 from app.errors import BackendStreamBroken, BackendTimeout
 from tests.fake_ollama import FakeOllama
@@ -37,7 +37,8 @@ def test_chunked_decoder_rejects_malformed_chunks(body: bytes) -> None:
 
 
 def backend_for(fake: FakeOllama, read_timeout: float = 5.0) -> OllamaBackend:
-    return OllamaBackend(fake.url, connect_timeout=1.0, read_timeout=read_timeout, pool_size=4)
+    timeouts = Timeouts(connect=1.0, first_token=read_timeout, between_tokens=read_timeout)
+    return OllamaBackend(fake.url, timeouts=timeouts, pool_size=4)
 
 
 def test_streams_reuse_one_pooled_connection(fake_ollama: FakeOllama) -> None:

@@ -11,8 +11,8 @@ import pytest
 import requests
 import responses
 
-from app.backend import OllamaBackend, TokenStream
-from app.backend.ollama import build_payload, read_line
+from app.backend import OllamaBackend, Timeouts, TokenStream
+from app.backend.ollama import build_payload, created_at, decode_line, model_info
 from app.errors import (
     BackendBusy,
     BackendError,
@@ -24,14 +24,13 @@ from app.errors import (
 )
 from tests.conftest import MOCK_URL
 
-TIMEOUT = (1.5, 30.0)
+TIMEOUTS = Timeouts(connect=1.5, first_token=30.0, between_tokens=20.0, total=600.0)
 FINAL = {"done": True, "done_reason": "stop", "prompt_eval_count": 4, "eval_count": 2}
 
 
 @pytest.fixture
 def backend() -> OllamaBackend:
-    return OllamaBackend(MOCK_URL, connect_timeout=TIMEOUT[0], read_timeout=TIMEOUT[1],
-                         pool_size=8)
+    return OllamaBackend(MOCK_URL, timeouts=TIMEOUTS, pool_size=8)
 
 
 def ndjson(*lines: dict[str, Any]) -> bytes:
@@ -90,7 +89,10 @@ def test_every_call_passes_connect_and_read_timeouts(
     backend.list_models()
     backend.version(2.0)
     timeouts = [call.request.req_kwargs["timeout"] for call in mocked.calls]
-    assert timeouts == [TIMEOUT, TIMEOUT, TIMEOUT, (2.0, 2.0)]
+    # A whole completion may take the rest of the total deadline; a stream's
+    # headers must come within the first-token timeout.
+    assert timeouts == [(1.5, pytest.approx(600.0, abs=1.0)), (1.5, 30.0), (1.5, 30.0),
+                        (2.0, 2.0)]
 
 
 def test_stream_yields_pieces_then_usage(backend: OllamaBackend,
@@ -124,7 +126,7 @@ class FakeResponse:
     [b'{"response":"a"}\n\n', b'{"response":"b"}\n{"done":true,"eval_count":2}\n\n'],
 ], ids=["whole-lines", "split-lines", "blank-lines"])
 def test_stream_reassembles_lines_across_chunks(chunks: list[bytes]) -> None:
-    stream = TokenStream(FakeResponse(chunks), "m", read_line, 5.0)  # type: ignore[arg-type]
+    stream = TokenStream(FakeResponse(chunks), "m", decode_line, Timeouts())  # type: ignore[arg-type]
     assert list(stream) == ["a", "b"]
     assert stream.usage.completion_tokens == 2
 
@@ -136,14 +138,14 @@ def test_stream_reassembles_lines_across_chunks(chunks: list[bytes]) -> None:
     ([b'["a list"]\n'], BackendError),
 ], ids=["error-line", "no-final-line", "garbage", "not-an-object"])
 def test_stream_failures_raise(chunks: list[bytes], error: type) -> None:
-    stream = TokenStream(FakeResponse(chunks), "m", read_line, 5.0)  # type: ignore[arg-type]
+    stream = TokenStream(FakeResponse(chunks), "m", decode_line, Timeouts())  # type: ignore[arg-type]
     with pytest.raises(error):
         list(stream)
 
 
 def test_error_line_message_reaches_the_client() -> None:
     stream = TokenStream(FakeResponse([b'{"error":"CUDA out of memory"}\n']), "m",
-                         read_line, 5.0)  # type: ignore[arg-type]
+                         decode_line, Timeouts())  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="CUDA out of memory"):
         list(stream)
 
@@ -155,7 +157,7 @@ def test_close_is_idempotent(finished: bool, aborted: bool,
     calls: list[str] = []
     monkeypatch.setattr("app.backend.base.abort_response", lambda r: calls.append("abort"))
     response = FakeResponse([])
-    stream = TokenStream(response, "m", read_line, 5.0)  # type: ignore[arg-type]
+    stream = TokenStream(response, "m", decode_line, Timeouts())  # type: ignore[arg-type]
     stream._body.complete = finished
     stream.close()
     stream.close()
@@ -195,7 +197,7 @@ def test_whole_answer_that_is_not_json(backend: OllamaBackend,
 def test_list_models_and_version(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
     mocked.get(f"{MOCK_URL}/api/tags", json={"models": [{"name": "llama3.2:latest"}]})
     mocked.get(f"{MOCK_URL}/api/version", json={"version": "0.12.0"})
-    assert backend.list_models() == [{"name": "llama3.2:latest"}]
+    assert backend.list_models() == [model_info({"name": "llama3.2:latest"})]
     assert backend.version(1.0) == "0.12.0"
 
 
@@ -203,7 +205,7 @@ def test_each_process_gets_its_own_session(backend: OllamaBackend,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     first = backend.session
     assert backend.session is first
-    monkeypatch.setattr("app.backend.ollama.os.getpid", lambda: -1)
+    monkeypatch.setattr("app.backend.http.os.getpid", lambda: -1)
     assert backend.session is not first
 
 
@@ -211,3 +213,17 @@ def test_session_pool_matches_worker_connections(backend: OllamaBackend) -> None
     adapter = backend.session.get_adapter(MOCK_URL)
     assert adapter._pool_maxsize == 8
     assert adapter.max_retries.total == 0
+
+
+def test_model_info_is_openai_shaped() -> None:
+    info = model_info({"name": "m:latest", "modified_at": "2026-01-01T00:00:00Z", "size": 5,
+                       "digest": "sha256:0", "details": {"family": "llama"}})
+    assert info == {"id": "m:latest", "object": "model", "created": 1767225600,
+                    "owned_by": "ollama",
+                    "details": {"family": "llama", "size": 5, "digest": "sha256:0",
+                                "modified_at": "2026-01-01T00:00:00Z"}}
+
+
+@pytest.mark.parametrize("raw", [None, "", "yesterday"], ids=["none", "empty", "garbage"])
+def test_unreadable_dates_are_zero(raw: str | None) -> None:
+    assert created_at(raw) == 0

@@ -33,7 +33,7 @@ HTTP_FAULTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
     "rejected-400": ("[[sim:status=400]]", {}, 400, "backend_rejected"),
     "failed-500": ("[[sim:status=500]]", {}, 502, "backend_error"),
     "unknown-model": ("hi", {"model": "no-such-model"}, 404, "model_not_found"),
-    "delay-past-read-timeout": ("[[sim:delay=3]]", {}, 504, "backend_timeout"),
+    "delay-past-timeout": ("[[sim:delay=3]]", {}, 504, "backend_timeout"),
 }
 # Faults of a non-streamed answer that only show once the body is read.
 BODY_FAULTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
@@ -44,7 +44,7 @@ BODY_FAULTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
 STREAM_FAULTS = {
     "die-after-3": ("[[sim:die-after=3]]", 3, "backend_stream_broken"),
     "error-after-3": ("[[sim:error-after=3]] [[sim:itl=0.02]]", 3, "backend_error"),
-    "hang": ("[[sim:hang]]", 0, "backend_timeout"),
+    "silent-after-1": ("[[sim:tokens=3]] [[sim:itl=5]]", 1, "backend_timeout"),
 }
 # id: (method, path, request kwargs, expected status, expected error type)
 BAD_INPUTS: dict[str, tuple[str, str, dict[str, Any], int, str]] = {
@@ -63,20 +63,28 @@ BAD_INPUTS: dict[str, tuple[str, str, dict[str, Any], int, str]] = {
 }
 
 
+# This module checks how each single fault is answered: a circuit breaker that
+# opened after a few of them would answer the rest for it (test_scaleout.py
+# tests the breaker).
+NO_BREAKER = {"GATEWAY_BREAKER_FAILURES": "1000000"}
+
+
 @pytest.fixture(scope="module")
 def gateway(module_fake: FakeOllama,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """Run a gateway with a 1 s read timeout, 0.3 s heartbeats and a 1000-byte body limit."""
+    """Run a gateway with 1 s token timeouts, a 2 s deadline, 0.3 s heartbeats, 1000-byte bodies."""
     yield from run_gateway(tmp_path_factory, GATEWAY_OLLAMA_URL=module_fake.url,
-                           GATEWAY_READ_TIMEOUT="1", GATEWAY_HEARTBEAT_SECONDS="0.3",
-                           GATEWAY_MAX_BODY_BYTES=str(MAX_BODY_BYTES))
+                           GATEWAY_READ_TIMEOUT="1", GATEWAY_FIRST_TOKEN_TIMEOUT="1",
+                           GATEWAY_TOTAL_TIMEOUT="2",
+                           GATEWAY_HEARTBEAT_SECONDS="0.3",
+                           GATEWAY_MAX_BODY_BYTES=str(MAX_BODY_BYTES), **NO_BREAKER)
 
 
 @pytest.fixture(scope="module")
 def down_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Run a gateway whose backend URL is a loopback port where nothing listens."""
     yield from run_gateway(tmp_path_factory,
-                           GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}")
+                           GATEWAY_OLLAMA_URL=f"http://127.0.0.1:{free_port()}", **NO_BREAKER)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +92,8 @@ def slow_heartbeat_gateway(module_fake: FakeOllama,
                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Run a gateway with a 1 s read timeout and a heartbeat that does not divide it."""
     yield from run_gateway(tmp_path_factory, GATEWAY_OLLAMA_URL=module_fake.url,
-                           GATEWAY_READ_TIMEOUT="1", GATEWAY_HEARTBEAT_SECONDS="0.75")
+                           GATEWAY_READ_TIMEOUT="1", GATEWAY_FIRST_TOKEN_TIMEOUT="1",
+                           GATEWAY_HEARTBEAT_SECONDS="0.75", **NO_BREAKER)
 
 
 @pytest.fixture
@@ -165,9 +174,9 @@ def test_fault_mid_stream(gateway: GatewayProcess, fake: FakeOllama, path: str,
 
 @pytest.mark.usefixtures("clean_log")
 def test_heartbeat_during_backend_silence(gateway: GatewayProcess, fake: FakeOllama) -> None:
-    """A silent backend gets ': ping' comments every 0.3 s until the read timeout."""
-    reply = call(gateway.url, "/v1/generate/stream", body_for("/v1/generate", "[[sim:hang]]"),
-                 limit_s=10)
+    """A backend silent mid-stream: ': ping' comments every 0.3 s until the read timeout."""
+    reply = call(gateway.url, "/v1/generate/stream",
+                 body_for("/v1/generate", "[[sim:tokens=3]] [[sim:itl=5]]"), limit_s=10)
     assert_error_event(reply, "backend_timeout")
     pings = reply.pings
     assert 2 <= len(pings) <= 6, reply.events
@@ -181,7 +190,7 @@ def test_read_timeout_is_not_stretched_by_heartbeats(slow_heartbeat_gateway: Gat
                                                      fake: FakeOllama) -> None:
     """Mid-stream, GATEWAY_READ_TIMEOUT=1 ends a silent stream after ~1 s, not 2 heartbeats."""
     reply = call(slow_heartbeat_gateway.url, "/v1/generate/stream",
-                 body_for("/v1/generate", "[[sim:hang]]"), limit_s=10)
+                 body_for("/v1/generate", "[[sim:tokens=3]] [[sim:itl=5]]"), limit_s=10)
     assert_error_event(reply, "backend_timeout")
     assert len(reply.pings) == 1, reply.pings  # at 0.75 s
     assert 0.95 < reply.data[-1].at < 1.3, f"timed out after {reply.data[-1].at:.2f}s, not ~1s"
@@ -202,6 +211,17 @@ def test_bad_input(gateway: GatewayProcess, fake: FakeOllama, case: str) -> None
     if status == 422:
         assert "messages" in error["fields"], error
     assert fake.stats["requests"] == 0 and fake.requests_seen == []
+
+
+@pytest.mark.usefixtures("clean_log")
+@pytest.mark.parametrize("path", STREAM_ROUTES, ids=["generate", "chat"])
+def test_no_first_token_is_a_504_before_the_stream(gateway: GatewayProcess, fake: FakeOllama,
+                                                   path: str) -> None:
+    """A backend that never sends a token: 504 JSON after the first-token timeout, no stream."""
+    reply = call(gateway.url, path, body_for(path, "[[sim:hang]]"), limit_s=10)
+    assert_error(reply, 504, "backend_timeout")
+    assert 0.9 < reply.elapsed < 2.0, reply.elapsed
+    assert fake.wait_for("cancelled", 1, timeout=3), fake.stats  # the gateway let go
 
 
 @pytest.mark.parametrize("path", ["/v1/generate", "/v1/generate/stream", "/v1/chat/stream"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from app.backend import OllamaBackend
+from app.backend import OllamaBackend, Timeouts
 from app.observability import gpu
 from app.observability.metrics import BACKEND_UP
 from tests.fake_ollama import FakeOllama
@@ -61,7 +61,8 @@ def test_without_nvml_there_are_no_gpu_gauges(monkeypatch: pytest.MonkeyPatch) -
 def test_residency_follows_api_ps(fake_ollama: FakeOllama) -> None:
     fake_ollama.loaded = [{"name": "sim:latest", "model": "sim:latest", "size": 10,
                            "size_vram": 7_000_000, "expires_at": "2026-12-01T00:00:00Z"}]
-    backend = OllamaBackend(fake_ollama.url, connect_timeout=1, read_timeout=2, pool_size=2)
+    backend = OllamaBackend(fake_ollama.url, timeouts=Timeouts(connect=1, first_token=2),
+                            pool_size=2)
     poll = gpu.backend_poll(fake_ollama.url, backend.loaded_models, BACKEND_UP)
     poll()
     labels = {"backend": fake_ollama.url, "model": "sim:latest"}

@@ -1,0 +1,128 @@
+"""The OpenAI-compatible adapter (vLLM, llama.cpp server, TGI): /v1/completions and friends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.backend.base import (
+    Completion,
+    Probe,
+    Timeouts,
+    TokenStream,
+    Usage,
+    call_timeout,
+    parse_object,
+)
+from app.backend.http import HttpBackend, read_json
+from app.errors import BackendError
+
+ENDPOINTS = {"generate": "/v1/completions", "chat": "/v1/chat/completions"}
+# Gateway options that OpenAI-compatible servers take under the same name
+# (top_k is an extension that vLLM and llama.cpp accept).
+OPTION_NAMES = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+
+
+def usage_of(data: dict[str, Any] | None) -> Usage:
+    """Return the token counts of an OpenAI ``usage`` object."""
+    data = data or {}
+    return Usage(prompt_tokens=data.get("prompt_tokens") or 0,
+                 completion_tokens=data.get("completion_tokens") or 0)
+
+
+def build_payload(kind: str, request: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """Translate a validated gateway request into an OpenAI request body."""
+    payload: dict[str, Any] = {"model": request["model"], "stream": stream}
+    payload.update({k: request[k] for k in OPTION_NAMES if request.get(k) is not None})
+    if kind == "chat":
+        payload["messages"] = request["messages"]
+    else:
+        # The completions API has no system prompt: it leads the prompt instead.
+        system = request.get("system")
+        payload["prompt"] = f"{system}\n\n{request['prompt']}" if system else request["prompt"]
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+def choice_text(choice: dict[str, Any]) -> str:
+    """Return the text of one choice: a chat message or delta, or a completion's text."""
+    message = choice.get("message") or choice.get("delta")
+    if message is not None:
+        return message.get("content") or ""
+    return choice.get("text") or ""
+
+
+class StreamDecoder:
+    """Decode one stream's SSE lines: ``data: {chunk}`` ... ``data: [DONE]``."""
+
+    def __init__(self) -> None:
+        self.done_reason: str | None = None
+        self.usage = Usage()
+
+    def __call__(self, stream: TokenStream, line: bytes) -> str | None:
+        """Return the piece in one SSE line; finish the stream on ``[DONE]``."""
+        if not line.startswith(b"data:"):
+            return None  # comments, event names, ids
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            stream.finish(self.done_reason, self.usage)
+            return None
+        data = parse_object(payload)
+        if data.get("usage"):
+            self.usage = usage_of(data["usage"])
+        choices = data.get("choices") or []
+        if not choices:
+            return None
+        self.done_reason = choices[0].get("finish_reason") or self.done_reason
+        return choice_text(choices[0])
+
+
+class OpenAIBackend(HttpBackend):
+    """Call one OpenAI-compatible server; ``base_url`` with or without its ``/v1``."""
+
+    kind = "openai"
+
+    def __init__(self, base_url: str, *, timeouts: Timeouts, pool_size: int,
+                 api_key: str = "") -> None:
+        base_url = base_url.rstrip("/").removesuffix("/v1")
+        super().__init__(base_url, pool_size=pool_size,
+                         headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
+        self.timeouts = timeouts
+
+    def complete(self, kind: str, request: dict[str, Any],
+                 deadline: float | None = None) -> Completion:
+        """Run one generation to its end and return it whole."""
+        deadline = deadline or self.timeouts.deadline()
+        response = self.post(ENDPOINTS[kind], build_payload(kind, request, False), stream=False,
+                             timeout=call_timeout(self.timeouts, deadline, self.timeouts.total))
+        data = read_json(response, ENDPOINTS[kind])
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices:
+            raise BackendError("The model backend answered without a choice.")
+        return Completion(model=data.get("model") or request["model"],
+                          text=choice_text(choices[0]),
+                          done_reason=choices[0].get("finish_reason"),
+                          usage=usage_of(data.get("usage")))
+
+    def stream(self, kind: str, request: dict[str, Any],
+               deadline: float | None = None) -> TokenStream:
+        """Start a streamed generation; the caller must close the returned stream."""
+        deadline = deadline or self.timeouts.deadline()
+        response = self.post(ENDPOINTS[kind], build_payload(kind, request, True), stream=True,
+                             timeout=call_timeout(self.timeouts, deadline,
+                                                  self.timeouts.first_token))
+        return TokenStream(response, request["model"], StreamDecoder(), self.timeouts,
+                           deadline)
+
+    def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Return the server's models (from /v1/models)."""
+        timeout = timeout or self.timeouts.first_token
+        body = self.get_json("/v1/models", (self.timeouts.connect, timeout))
+        return [{"id": m.get("id", ""), "object": "model", "created": m.get("created") or 0,
+                 "owned_by": m.get("owned_by") or "openai", "details": {}}
+                for m in (body.get("data") if isinstance(body, dict) else None) or []]
+
+    def probe(self, timeout: float) -> Probe:
+        """Return the server's models; an OpenAI-compatible server has them all loaded."""
+        models = self.list_models(timeout)
+        return Probe(models, {m["id"] for m in models})

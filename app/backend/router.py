@@ -1,0 +1,151 @@
+"""Send each request to a backend, failing over to another while nothing reached the client.
+
+A connection failure, a timeout before the first token, a dropped stream
+before the first token, or a 503 from one backend is retried on the next
+candidate (see pool.py for the order), up to ``max_attempts`` backends and
+within the total deadline. A 4xx is never retried: another backend would
+refuse the same request. Once the first token has been read, the stream
+belongs to its backend: a later failure ends it with an error event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from app.backend.base import Completion, Timeouts, TokenStream
+from app.backend.pool import BackendPool, Node
+from app.errors import (
+    BackendBusy,
+    BackendError,
+    BackendStreamBroken,
+    BackendTimeout,
+    BackendUnavailable,
+    GatewayError,
+)
+from app.observability import metrics
+from app.observability.context import observe
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Failures that say nothing about the request itself: another backend may serve it.
+RETRYABLE = (BackendUnavailable, BackendTimeout, BackendStreamBroken, BackendBusy)
+
+
+def unhealthy(error: GatewayError) -> bool:
+    """Return whether ``error`` counts against the backend's health (its circuit breaker)."""
+    if isinstance(error, BackendBusy):
+        return False  # busy is healthy: it is retried elsewhere, not shunned
+    return isinstance(error, BackendError) and error.status >= 500
+
+
+def never_gone() -> bool:
+    """Report a client that is always there (no socket to watch)."""
+    return False
+
+
+class Router:
+    """Serve requests from a pool of backends with failover and health tracking."""
+
+    def __init__(self, pool: BackendPool, *, timeouts: Timeouts, max_attempts: int = 3,
+                 probe_timeout: float = 2.0) -> None:
+        self.pool = pool
+        self.timeouts = timeouts
+        self.max_attempts = max_attempts
+        self.probe_timeout = probe_timeout
+
+    def complete(self, kind: str, request: dict[str, Any],
+                 gone: Callable[[], bool] = never_gone) -> Completion:
+        """Run a generation to its end on the first backend that takes it."""
+        node, completion = self._attempt(
+            request["model"], lambda n, deadline: n.backend.complete(kind, request, deadline),
+            gone)
+        self._settle(node, request["model"], None)
+        return completion
+
+    def stream(self, kind: str, request: dict[str, Any],
+               gone: Callable[[], bool] = never_gone) -> TokenStream:
+        """Start a stream on the first backend that sends a token; the caller closes it."""
+        model = request["model"]
+        node, stream = self._attempt(model, lambda n, deadline: self._start(n, kind, request,
+                                                                            deadline), gone)
+        stream.backend = node.url
+        stream.on_close(lambda closed: self._settle(node, model, closed))
+        return stream
+
+    def _start(self, node: Node, kind: str, request: dict[str, Any],
+               deadline: float) -> TokenStream:
+        stream = node.backend.stream(kind, request, deadline)
+        try:
+            stream.prime()
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def _attempt(self, model: str, call: Callable[[Node, float], T],
+                 gone: Callable[[], bool]) -> tuple[Node, T]:
+        """Run ``call`` on successive backends until one succeeds or a limit is reached."""
+        deadline = self.timeouts.deadline()
+        tried: list[Node] = []
+        last: GatewayError | None = None
+        while len(tried) < self.max_attempts:
+            node = self.pool.acquire(model, tried, deadline, gone)
+            if node is None:
+                break
+            tried.append(node)
+            observe(backend=node.url)
+            try:
+                return node, call(node, deadline)
+            except GatewayError as exc:
+                self.pool.release(node)
+                if unhealthy(exc):
+                    self.pool.failed(node, exc)
+                if not isinstance(exc, RETRYABLE) or time.monotonic() >= deadline:
+                    raise
+                metrics.UPSTREAM.labels(node.url, exc.type).inc()
+                log.info("%s from %s; trying another backend", exc.type, node.url)
+                last = exc
+        raise last or self.pool.unavailable(model)
+
+    def _settle(self, node: Node, model: str, stream: TokenStream | None) -> None:
+        """Free the request's slot and record what it says about the backend's health."""
+        self.pool.release(node)
+        if stream is None or stream.finished:
+            self.pool.succeeded(node, model)
+        elif stream.error in ("backend_stream_broken", "backend_timeout",
+                              "backend_unavailable", "backend_error"):
+            self.pool.failed(node, BackendError(stream.error_message))
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Return every model the healthy backends serve, each once."""
+        models: dict[str, dict[str, Any]] = {}
+        failure: GatewayError | None = None
+        for node in self.pool.candidates(""):
+            try:
+                listed = node.backend.list_models()
+            except GatewayError as exc:
+                failure = exc
+                continue
+            for model in listed:
+                models.setdefault(model["id"], model)
+        if failure is not None and not models:
+            raise failure
+        return list(models.values())
+
+    def probe(self, node: Node) -> dict[str, Any]:
+        """Probe one backend now; update its health and models; return its status."""
+        try:
+            self.pool.probed(node, node.backend.probe(self.probe_timeout))
+            metrics.BACKEND_UP.labels(node.url).set(1)
+        except GatewayError as exc:
+            self.pool.failed(node, exc)
+            metrics.BACKEND_UP.labels(node.url).set(0)
+        return node.status(time.monotonic())
+
+    def probe_all(self) -> list[dict[str, Any]]:
+        """Probe every backend; return their statuses."""
+        return [self.probe(node) for node in self.pool.nodes]
