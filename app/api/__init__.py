@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, request
 from flask_restx import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from app.api import completions, health, metrics, models, streaming
+from app.api import completions, health, metrics, models, streaming, websocket
 from app.errors import handle_error
 
 NAMESPACES = (completions.ns, streaming.ns, models.ns, health.ns, metrics.ns)
@@ -34,6 +34,7 @@ def create_blueprint(name: str = "gateway", url_prefix: str = "") -> Blueprint:
                      authorizations=AUTHORIZATIONS, security="bearer")
     for namespace in NAMESPACES:
         api.add_namespace(namespace)
+    websocket.register(blueprint)
     return blueprint
 
 

@@ -27,23 +27,24 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
+def authenticate(raw: str | None) -> Principal | GatewayError:
+    """Return the principal of the key ``raw`` (None: no key sent), or the error."""
+    keys = gateway().keys
+    if keys is None:
+        return Principal("addr:" + client_address())
+    if keys.empty:
+        return Unauthorized(NO_KEYS)
+    if raw is None:
+        return Unauthorized()
+    return keys.authenticate(raw) or Unauthorized("The API key is not valid.")
+
+
 def identify() -> Principal | GatewayError:
     """Authenticate the current request once; return its principal or the error."""
     cached = g.get("gateway_identity")
-    if cached is not None:
-        return cached
-    keys = gateway().keys
-    result: Principal | GatewayError
-    if keys is None:
-        result = Principal("addr:" + client_address())
-    elif keys.empty:
-        result = Unauthorized(NO_KEYS)
-    elif (raw := presented_key()) is None:
-        result = Unauthorized()
-    else:
-        result = keys.authenticate(raw) or Unauthorized("The API key is not valid.")
-    g.gateway_identity = result
-    return result
+    if cached is None:
+        cached = g.gateway_identity = authenticate(presented_key())
+    return cached
 
 
 def current_principal() -> Principal:
@@ -65,9 +66,15 @@ def is_public() -> bool:
     return bool(getattr(getattr(view, "view_class", None), "public", False))
 
 
+def authenticates_itself() -> bool:
+    """Return whether the current route checks the key itself (WebSocket: in a message)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "authenticates_itself", False))
+
+
 def require_key() -> None:
     """Refuse a request to a protected route that carries no valid key."""
-    if not is_public():
+    if not is_public() and not authenticates_itself():
         current_principal()
 
 
