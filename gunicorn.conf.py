@@ -50,6 +50,10 @@ timeout = 30
 # After SIGTERM, let in-flight requests and streams finish for this long.
 graceful_timeout = _settings["GATEWAY_GRACEFUL_TIMEOUT"]
 
+# Streams still open this many seconds before graceful_timeout are ended with
+# an SSE error event (type shutting_down), so no client sees a silent cut.
+drain_margin = min(2.0, graceful_timeout / 4)
+
 # Log level of gunicorn's own messages (GATEWAY_LOG_LEVEL); errors go to stderr.
 loglevel = _settings["GATEWAY_LOG_LEVEL"]
 errorlog = "-"
@@ -149,6 +153,24 @@ class GatewayWorker(ggevent.GeventPyWSGIWorker):
 
     server_class = BatchAcceptServer
     wsgi_handler = IdleTimeoutHandler
+
+    def handle_exit(self, sig, frame):
+        """Drain on SIGTERM: stop accepting, and end streams still open at the deadline."""
+        super().handle_exit(sig, frame)
+        gevent.spawn(self._end_streams_before_kill)
+
+    def _end_streams_before_kill(self):
+        # Streams still running this close to graceful_timeout would be cut by
+        # the master's SIGKILL: end them with an SSE error event instead, and
+        # stop their generations upstream.
+        gevent.sleep(max(0.0, graceful_timeout - drain_margin))
+        from app.backend.base import interrupt_all
+        from app.errors import ShuttingDown
+
+        ended = interrupt_all(ShuttingDown("The gateway is shutting down and ended this stream; "
+                                           "retry the request."))
+        if ended:
+            self.log.warning("graceful timeout: ended %d stream(s) with an error event", ended)
 
 
 # gevent: each connection is a greenlet, so one worker holds thousands of

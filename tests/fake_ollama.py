@@ -127,6 +127,7 @@ class FakeOllama:
         self.itl = itl
         self.ttft = ttft
         self.loaded: list[dict[str, Any]] = []
+        self.fail_status: int | None = None  # answer every generation with it (503: busy)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
@@ -139,13 +140,17 @@ class FakeOllama:
     def __enter__(self) -> FakeOllama:
         return self.start()
 
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        """Return the request handler speaking this fake's wire format."""
+        return _Handler
+
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> FakeOllama:
         """Bind and serve in a daemon thread."""
         self.stopping.clear()
-        self._server = _Server((self.host, self.port), _Handler, self)
+        self._server = _Server((self.host, self.port), self.handler_class(), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -497,10 +502,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Apply pre-response faults, then answer."""
         if not self._wait_alive(job.delay):
             return
-        if job.status is not None:
-            message = STATUS_MESSAGES.get(job.status, f"simulated status {job.status}")
+        status = job.status if job.status is not None else self.fake.fail_status
+        if status is not None:
+            message = STATUS_MESSAGES.get(status, f"simulated status {status}")
             self._settle("errors")
-            self._send_error(job.status, message)
+            self._send_error(status, message)
         elif job.hang:
             if job.stream:
                 self._start_stream()
@@ -525,9 +531,25 @@ class _Handler(BaseHTTPRequestHandler):
         for i in range(len(job.pieces)):
             if i and not self._wait_alive(job.itl):
                 return
-        body = dumps(final_line(job, "".join(job.pieces)))
+        body = self._whole_body(job)
         self._settle("completed")
         self._send(200, body, JSON_TYPE)
+
+    def _whole_body(self, job: Job) -> bytes:
+        """Return the body of a whole (non-streamed) answer."""
+        return dumps(final_line(job, "".join(job.pieces)))
+
+    def _piece_bytes(self, job: Job, piece: str) -> bytes:
+        """Return one streamed piece on the wire."""
+        return dumps(chunk_line(job, piece)) + b"\n"
+
+    def _final_bytes(self, job: Job) -> bytes:
+        """Return the end of a stream on the wire."""
+        return dumps(final_line(job, "")) + b"\n"
+
+    def _error_bytes(self) -> bytes:
+        """Return a mid-stream error on the wire."""
+        return dumps({"error": MODEL_ERROR_MSG}) + b"\n"
 
     def _stream(self, job: Job) -> None:
         """Stream pieces as NDJSON chunks, injecting mid-stream faults."""
@@ -539,24 +561,26 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if job.error_after == i:
                 self._settle("errors")
-                self._write_chunk(dumps({"error": MODEL_ERROR_MSG}) + b"\n")
+                self._write_chunk(self._error_bytes())
                 self._write_chunk(b"")
                 return
             if i == len(job.pieces):
                 break
             if i and not self._wait_alive(job.itl):
                 return
-            self._write_chunk(dumps(chunk_line(job, job.pieces[i])) + b"\n")
+            self._write_chunk(self._piece_bytes(job, job.pieces[i]))
         if self._wait_alive(0):
-            final = dumps(final_line(job, "")) + b"\n"
+            final = self._final_bytes(job)
             self._settle("completed")
             self._write_chunk(final)
             self._write_chunk(b"")
 
+    stream_type = NDJSON_TYPE
+
     def _start_stream(self) -> None:
-        """Send the headers of a chunked NDJSON response."""
+        """Send the headers of a chunked streamed response."""
         self.send_response(200)
-        self.send_header("Content-Type", NDJSON_TYPE)
+        self.send_header("Content-Type", self.stream_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 

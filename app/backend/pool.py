@@ -212,14 +212,14 @@ class BackendPool:
         if model not in node.loaded:
             node.loaded = node.loaded | aliases(model)
 
-    def failed(self, node: Node, error: GatewayError) -> None:
+    def failed(self, node: Node, error_type: str, message: str) -> None:
         """Count a failure of ``node``; open its circuit after too many in a row."""
         node.failures += 1
-        node.last_error = error.message
+        node.last_error = message
         if node.failures >= self.breaker_failures:
             if time.monotonic() >= node.open_until:
                 log.warning("backend %s failed %d times in a row (%s); no traffic for %g s",
-                            node.url, node.failures, error.type, self.breaker_cooldown)
+                            node.url, node.failures, error_type, self.breaker_cooldown)
             node.open_until = time.monotonic() + self.breaker_cooldown
 
     def probed(self, node: Node, probe: Probe) -> None:

@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 # Failures that say nothing about the request itself: another backend may serve it.
 RETRYABLE = (BackendUnavailable, BackendTimeout, BackendStreamBroken, BackendBusy)
+# How a started stream may end that says the backend is unwell (a client leaving does not).
+UNHEALTHY_STREAM_ENDS = frozenset({"backend_stream_broken", "backend_timeout",
+                                   "backend_unavailable", "backend_error"})
 
 
 def unhealthy(error: GatewayError) -> bool:
@@ -103,7 +106,7 @@ class Router:
             except GatewayError as exc:
                 self.pool.release(node)
                 if unhealthy(exc):
-                    self.pool.failed(node, exc)
+                    self.pool.failed(node, exc.type, exc.message)
                 if not isinstance(exc, RETRYABLE) or time.monotonic() >= deadline:
                     raise
                 metrics.UPSTREAM.labels(node.url, exc.type).inc()
@@ -116,9 +119,8 @@ class Router:
         self.pool.release(node)
         if stream is None or stream.finished:
             self.pool.succeeded(node, model)
-        elif stream.error in ("backend_stream_broken", "backend_timeout",
-                              "backend_unavailable", "backend_error"):
-            self.pool.failed(node, BackendError(stream.error_message))
+        elif stream.error in UNHEALTHY_STREAM_ENDS:
+            self.pool.failed(node, stream.error, stream.error_message or stream.error)
 
     def list_models(self) -> list[dict[str, Any]]:
         """Return every model the healthy backends serve, each once."""
@@ -142,7 +144,7 @@ class Router:
             self.pool.probed(node, node.backend.probe(self.probe_timeout))
             metrics.BACKEND_UP.labels(node.url).set(1)
         except GatewayError as exc:
-            self.pool.failed(node, exc)
+            self.pool.failed(node, exc.type, exc.message)
             metrics.BACKEND_UP.labels(node.url).set(0)
         return node.status(time.monotonic())
 

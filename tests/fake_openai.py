@@ -1,0 +1,119 @@
+"""Fake OpenAI-compatible server (as vLLM serves it), built on the fake Ollama's machinery.
+
+The same ``[[sim:...]]`` fault directives apply. ``/v1/models``,
+``/v1/completions`` and ``/v1/chat/completions`` speak OpenAI's wire format:
+whole JSON bodies, or SSE chunks ending with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.fake_ollama import MODEL_ERROR_MSG, FakeOllama, Job, _Handler, dumps
+
+PATHS = {"/v1/completions": "generate", "/v1/chat/completions": "chat"}
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "server_error"}
+
+
+def usage(job: Job) -> dict[str, int]:
+    """Return the OpenAI usage object of a job."""
+    return {"prompt_tokens": job.prompt_words, "completion_tokens": len(job.pieces),
+            "total_tokens": job.prompt_words + len(job.pieces)}
+
+
+def choice(job: Job, text: str, finish: str | None, *, delta: bool) -> dict[str, Any]:
+    """Return one choice: a chat message (or delta) or a completion's text."""
+    if job.kind == "chat":
+        key = "delta" if delta else "message"
+        return {"index": 0, key: {"role": "assistant", "content": text},
+                "finish_reason": finish}
+    return {"index": 0, "text": text, "finish_reason": finish}
+
+
+def envelope(job: Job, choices: list[dict[str, Any]], *, chunk: bool) -> dict[str, Any]:
+    """Return a response or chunk object around ``choices``."""
+    kind = "chat.completion" if job.kind == "chat" else "text_completion"
+    return {"id": "cmpl-fake", "object": kind + (".chunk" if chunk and job.kind == "chat"
+                                                 else ""),
+            "created": int(time.time()), "model": job.model, "choices": choices}
+
+
+def event(obj: Any) -> bytes:
+    """Encode one SSE data event."""
+    return b"data: " + (obj if isinstance(obj, bytes) else dumps(obj)) + b"\n\n"
+
+
+class _OpenAIHandler(_Handler):
+    """Serve OpenAI's routes and wire format."""
+
+    stream_type = "text/event-stream"
+
+    def do_GET(self) -> None:  # noqa: N802
+        """Serve the model list and the fake's stats."""
+        path = self.path.split("?", 1)[0]
+        if path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "vllm"}
+                for m in self.fake.models]})
+        elif path == "/_fake/stats":
+            self._send_json(200, self.fake.stats)
+        else:
+            self._send_error(404, "Not Found")
+
+    def do_POST(self) -> None:  # noqa: N802
+        """Serve completions and chat completions."""
+        path = self.path.split("?", 1)[0]
+        raw = self._read_body()
+        if path in PATHS:
+            self.include_usage = b'"include_usage":true' in raw.replace(b" ", b"")
+            self._inference(path, PATHS[path], raw)
+        else:
+            self._send_error(404, "Not Found")
+
+    def _inference(self, path: str, kind: str, raw: bytes) -> None:
+        """Map OpenAI's body onto the Ollama fake's job (options, stream default)."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send_error(400, "invalid JSON")
+            return
+        if isinstance(body, dict):
+            body["stream"] = body.get("stream") is True
+            body["options"] = {"num_predict": body.get("max_tokens"), "stop": body.get("stop")}
+            raw = dumps(body)
+        super()._inference(path, kind, raw)
+
+    def _send_error(self, status: int, message: str) -> None:
+        """Send an OpenAI-style error."""
+        self._send_json(status, {"error": {"message": message,
+                                           "type": ERROR_TYPES.get(status, "server_error"),
+                                           "param": None, "code": status}})
+
+    def _whole_body(self, job: Job) -> bytes:
+        return dumps({**envelope(job, [choice(job, "".join(job.pieces), job.done_reason,
+                                              delta=False)], chunk=False),
+                      "usage": usage(job)})
+
+    def _piece_bytes(self, job: Job, piece: str) -> bytes:
+        return event(envelope(job, [choice(job, piece, None, delta=True)], chunk=True))
+
+    def _final_bytes(self, job: Job) -> bytes:
+        last = event(envelope(job, [choice(job, "", job.done_reason, delta=True)], chunk=True))
+        if self.include_usage:
+            last += event({**envelope(job, [], chunk=True), "usage": usage(job)})
+        return last + event(b"[DONE]")
+
+    def _error_bytes(self) -> bytes:
+        return event({"error": {"message": MODEL_ERROR_MSG, "type": "server_error",
+                                "code": 500}})
+
+
+class FakeOpenAI(FakeOllama):
+    """Serve a fake OpenAI-compatible API (vLLM-like) in a background thread."""
+
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        """Return the handler speaking OpenAI's wire format."""
+        return _OpenAIHandler
