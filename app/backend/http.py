@@ -18,6 +18,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError
 
+from app.backend.watch import track_connection
 from app.errors import (
     BackendBusy,
     BackendError,
@@ -77,6 +78,7 @@ class BackendAdapter(HTTPAdapter):
         pool = self._pools.get(origin)
         if pool is None:
             pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
+            watch_connections(pool)
             self._pools[origin] = pool
         return pool
 
@@ -88,6 +90,18 @@ class BackendAdapter(HTTPAdapter):
         response.raw, response.reason = resp, resp.reason
         response.url, response.request, response.connection = req.url, req, self
         return response
+
+
+def watch_connections(pool: Any) -> None:
+    """Let a ClientWatch see which pooled connection its request takes (see watch.py)."""
+    take = pool._get_conn
+
+    def get_conn(timeout: float | None = None) -> Any:
+        connection = take(timeout)
+        track_connection(connection)
+        return connection
+
+    pool._get_conn = get_conn
 
 
 def make_session(pool_size: int) -> requests.Session:

@@ -13,16 +13,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from app.backend.base import Completion, Timeouts, TokenStream
 from app.backend.pool import BackendPool, Node
+from app.backend.watch import ClientWatch
 from app.errors import (
     BackendBusy,
     BackendError,
     BackendStreamBroken,
     BackendTimeout,
     BackendUnavailable,
+    ClientLeft,
     GatewayError,
 )
 from app.observability import metrics
@@ -73,8 +76,8 @@ class Router:
                gone: Callable[[], bool] = never_gone) -> TokenStream:
         """Start a stream on the first backend that sends a token; the caller closes it."""
         model = request["model"]
-        node, stream = self._attempt(model, lambda n, deadline: self._start(n, kind, request,
-                                                                            deadline), gone)
+        node, stream = self._attempt(
+            model, lambda n, deadline: self._start(n, kind, request, deadline), gone)
         stream.backend = node.url
         stream.on_close(lambda closed: self._settle(node, model, closed))
         return stream
@@ -101,10 +104,14 @@ class Router:
                 break
             tried.append(node)
             observe(backend=node.url)
+            watch = ClientWatch(gone)
             try:
-                return node, call(node, deadline)
+                with watch if gone is not never_gone else nullcontext():
+                    return node, call(node, deadline)
             except GatewayError as exc:
                 self.pool.release(node)
+                if watch.left:  # our own doing: the client left, the backend is fine
+                    raise ClientLeft() from exc
                 if unhealthy(exc):
                     self.pool.failed(node, exc.type, exc.message)
                 if not isinstance(exc, RETRYABLE) or time.monotonic() >= deadline:
@@ -112,6 +119,9 @@ class Router:
                 metrics.UPSTREAM.labels(node.url, exc.type).inc()
                 log.info("%s from %s; trying another backend", exc.type, node.url)
                 last = exc
+            except BaseException:
+                self.pool.release(node)  # a bug or a killed greenlet must not leak the slot
+                raise
         raise last or self.pool.unavailable(model)
 
     def _settle(self, node: Node, model: str, stream: TokenStream | None) -> None:
@@ -126,15 +136,17 @@ class Router:
         """Return every model the healthy backends serve, each once."""
         models: dict[str, dict[str, Any]] = {}
         failure: GatewayError | None = None
+        answered = False
         for node in self.pool.candidates(""):
             try:
                 listed = node.backend.list_models()
             except GatewayError as exc:
                 failure = exc
                 continue
+            answered = True
             for model in listed:
                 models.setdefault(model["id"], model)
-        if failure is not None and not models:
+        if failure is not None and not answered:
             raise failure
         return list(models.values())
 

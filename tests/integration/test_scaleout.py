@@ -214,3 +214,18 @@ def test_sigterm_lets_streams_finish_and_ends_the_rest_with_an_event(gateway_ser
     assert server.proc.returncode == 0 and exited_s < 5.5
     assert fake.wait_for("cancelled", 2, timeout=3), fake.stats  # their GPU work stopped
     assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def test_a_client_leaving_before_the_first_token_stops_the_generation(gateway_server,
+                                                                      fakes) -> None:
+    """A model still loading (no token yet) and the client hangs up: the backend is told."""
+    fake = fakes()
+    server = gateway_server(GATEWAY_OLLAMA_URL=fake.url, **QUIET)
+    with open_raw_stream(server.url, STREAM, body_for(STREAM, "[[sim:ttft=20]]")):
+        assert wait_until(lambda: fake.stats["active"] == 1, 5)
+    left = time.monotonic()
+    assert fake.wait_for("cancelled", 1, timeout=3), fake.stats
+    took = time.monotonic() - left
+    print(f"\nclient left before the first token: upstream cancelled after {took:.2f}s")
+    assert took < 1.5
+    assert wait_until(lambda: '"client_left"' in server.log(), 3), server.log()[-2000:]
