@@ -13,6 +13,7 @@ from flask import has_request_context
 from flask import request as http_request
 
 from app.backend import Completion, TokenStream, Usage
+from app.backend.base import Embeddings
 from app.backend.router import Router, never_gone
 from app.errors import Forbidden, GatewayError
 from app.observability import metrics
@@ -84,6 +85,15 @@ class InferenceService:
             self.ledger.charge(principal, completion.usage.prompt_tokens
                                + completion.usage.completion_tokens)
         return completion
+
+    def embed(self, request: dict[str, Any], principal: Principal) -> Embeddings:
+        """Embed ``request["input"]`` (a list of strings) with ``request["model"]``."""
+        self._admit(request, principal)
+        embeddings = self.router.embed(request["model"], request["input"], client_watch())
+        observe(usage=Usage(embeddings.prompt_tokens, 0))
+        if self.ledger:
+            self.ledger.charge(principal, embeddings.prompt_tokens)
+        return embeddings
 
     def stream(self, kind: str, request: dict[str, Any], principal: Principal) -> TokenStream:
         """Start a streamed ``generate`` or ``chat`` request; its usage is charged on close."""

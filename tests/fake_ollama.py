@@ -372,6 +372,25 @@ def final_line(job: Job, text: str) -> dict[str, Any]:
     return line
 
 
+def embed_inputs(fake: FakeOllama, body: Any) -> tuple[list[str], str]:
+    """Return an embedding request's inputs (a string or a list) and its model."""
+    if not isinstance(body, dict) or not body.get("model"):
+        raise BadRequest(400, "model is required")
+    if fake.resolve(body["model"]) is None:
+        raise BadRequest(404, f'model "{body["model"]}" not found, try pulling it first')
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
+        raise BadRequest(400, "invalid input type")
+    return inputs, body["model"]
+
+
+def vector(text: str, size: int = 8) -> list[float]:
+    """Return a deterministic unit-ish vector for ``text``."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 255, 4) for b in digest[:size]]
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Handle one client connection (possibly many keep-alive requests)."""
 
@@ -444,8 +463,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok"})
         elif path in ("/api/generate", "/api/chat"):
             self._inference(path, path.rsplit("/", 1)[1], raw)
+        elif path == "/api/embed":
+            self._embed(raw)
         else:
             self._send_error(404, "404 page not found")
+
+    def _embed(self, raw: bytes) -> None:
+        """Answer /api/embed with a small deterministic vector per input."""
+        try:
+            body = json.loads(raw)
+            inputs, model = embed_inputs(self.fake, body)
+        except (ValueError, BadRequest) as exc:
+            status = exc.status if isinstance(exc, BadRequest) else 400
+            self._send_error(status, getattr(exc, "message", str(exc)))
+            return
+        self.fake.record("/api/embed", body, self.headers.get("X-Request-ID"))
+        self._send_json(200, {"model": model, "embeddings": [vector(t) for t in inputs],
+                              "prompt_eval_count": sum(len(t.split()) for t in inputs)})
 
     def _read_body(self) -> bytes:
         """Read a Content-Length or chunked request body."""

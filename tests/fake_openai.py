@@ -12,7 +12,16 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.fake_ollama import MODEL_ERROR_MSG, FakeOllama, Job, _Handler, dumps
+from tests.fake_ollama import (
+    MODEL_ERROR_MSG,
+    BadRequest,
+    FakeOllama,
+    Job,
+    _Handler,
+    dumps,
+    embed_inputs,
+    vector,
+)
 
 PATHS = {"/v1/completions": "generate", "/v1/chat/completions": "chat"}
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "server_error"}
@@ -67,11 +76,28 @@ class _OpenAIHandler(_Handler):
         """Serve completions and chat completions."""
         path = self.path.split("?", 1)[0]
         raw = self._read_body()
-        if path in PATHS:
+        if path == "/v1/embeddings":
+            self._embed_openai(raw)
+        elif path in PATHS:
             self.include_usage = b'"include_usage":true' in raw.replace(b" ", b"")
             self._inference(path, PATHS[path], raw)
         else:
             self._send_error(404, "Not Found")
+
+    def _embed_openai(self, raw: bytes) -> None:
+        """Answer /v1/embeddings in OpenAI's shape."""
+        try:
+            body = json.loads(raw)
+            inputs, model = embed_inputs(self.fake, body)
+        except (ValueError, BadRequest) as exc:
+            self._send_error(getattr(exc, "status", 400), getattr(exc, "message", str(exc)))
+            return
+        self.fake.record("/v1/embeddings", body, self.headers.get("X-Request-ID"))
+        tokens = sum(len(t.split()) for t in inputs)
+        self._send_json(200, {"object": "list", "model": model, "data": [
+            {"object": "embedding", "index": i, "embedding": vector(t)}
+            for i, t in enumerate(inputs)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _inference(self, path: str, kind: str, raw: bytes) -> None:
         """Map OpenAI's body onto the Ollama fake's job (options, stream default)."""

@@ -39,6 +39,15 @@ class Timeouts:
 
 
 @dataclass(slots=True)
+class Embeddings:
+    """One vector per input, and the tokens the inputs took."""
+
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
 class Probe:
     """What a backend's health probe found: its models, those in memory, its version."""
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from app.backend.base import (
     Completion,
+    Embeddings,
     Probe,
     Timeouts,
     TokenStream,
@@ -107,6 +108,20 @@ class OllamaBackend(HttpBackend):
                              timeout=call_timeout(self.timeouts, deadline,
                                                   self.timeouts.first_token))
         return TokenStream(response, request["model"], decode_line, self.timeouts, deadline)
+
+    def embed(self, model: str, inputs: list[str],
+              deadline: float | None = None) -> Embeddings:
+        """Return the embedding of each input (Ollama's /api/embed)."""
+        deadline = deadline or self.timeouts.deadline()
+        response = self.post("/api/embed", {"model": model, "input": inputs}, stream=False,
+                             timeout=call_timeout(self.timeouts, deadline,
+                                                  self.timeouts.first_token))
+        data = read_json(response, "/api/embed")
+        vectors = data.get("embeddings") if isinstance(data, dict) else None
+        if not isinstance(vectors, list) or len(vectors) != len(inputs):
+            raise BackendError("The model backend answered /api/embed without the embeddings.")
+        return Embeddings(data.get("model") or model, vectors,
+                          data.get("prompt_eval_count") or 0)
 
     def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Return the server's models (from /api/tags) as OpenAI-style model objects."""

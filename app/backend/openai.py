@@ -6,6 +6,7 @@ from typing import Any
 
 from app.backend.base import (
     Completion,
+    Embeddings,
     Probe,
     Timeouts,
     TokenStream,
@@ -113,6 +114,22 @@ class OpenAIBackend(HttpBackend):
                                                   self.timeouts.first_token))
         return TokenStream(response, request["model"], StreamDecoder(), self.timeouts,
                            deadline)
+
+    def embed(self, model: str, inputs: list[str],
+              deadline: float | None = None) -> Embeddings:
+        """Return the embedding of each input (/v1/embeddings)."""
+        deadline = deadline or self.timeouts.deadline()
+        response = self.post("/v1/embeddings", {"model": model, "input": inputs}, stream=False,
+                             timeout=call_timeout(self.timeouts, deadline,
+                                                  self.timeouts.first_token))
+        data = read_json(response, "/v1/embeddings")
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list) or len(items) != len(inputs):
+            raise BackendError("The model backend answered /v1/embeddings without the "
+                               "embeddings.")
+        ordered = sorted(items, key=lambda item: item.get("index", 0))
+        return Embeddings(data.get("model") or model, [item["embedding"] for item in ordered],
+                          usage_of(data.get("usage")).prompt_tokens)
 
     def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Return the server's models (from /v1/models)."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.backend.base import Completion, Probe, Timeouts, TokenStream
+from app.backend.base import Completion, Embeddings, Probe, Timeouts, TokenStream
 from app.errors import BackendBusy, ClientLeft, GatewayError, NoBackendAvailable
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ class Backend(Protocol):
 
     def stream(self, kind: str, request: dict[str, Any],
                deadline: float | None = None) -> TokenStream: ...
+
+    def embed(self, model: str, inputs: list[str],
+              deadline: float | None = None) -> Embeddings: ...
 
     def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
 

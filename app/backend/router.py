@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
-from app.backend.base import Completion, Timeouts, TokenStream
+from app.backend.base import Completion, Embeddings, Timeouts, TokenStream
 from app.backend.pool import BackendPool, Node
 from app.backend.watch import ClientWatch
 from app.errors import (
@@ -71,6 +71,14 @@ class Router:
             gone)
         self._settle(node, request["model"], None)
         return completion
+
+    def embed(self, model: str, inputs: list[str],
+              gone: Callable[[], bool] = never_gone) -> Embeddings:
+        """Embed ``inputs`` on the first backend that takes the request."""
+        node, embeddings = self._attempt(
+            model, lambda n, deadline: n.backend.embed(model, inputs, deadline), gone)
+        self._settle(node, model, None)
+        return embeddings
 
     def stream(self, kind: str, request: dict[str, Any],
                gone: Callable[[], bool] = never_gone) -> TokenStream:
