@@ -13,7 +13,7 @@ NAMESPACES = (completions.ns, streaming.ns, models.ns, health.ns, metrics.ns)
 # Swagger 2.0 has no bearer scheme: an apiKey in the Authorization header lets
 # Swagger UI's "Authorize" button send "Bearer <key>" (X-API-Key works too).
 AUTHORIZATIONS = {"bearer": {"type": "apiKey", "in": "header", "name": "Authorization",
-                             "description": "Enter 'Bearer <your API key>'."}}
+                             "description": "Enter 'Bearer ' followed by your API key."}}
 
 
 class GatewayApi(Api):
