@@ -1,0 +1,322 @@
+"""BackendPool with stub backends: candidate order, circuit breaker, admission queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from app.backend import BackendPool, Timeouts
+from app.backend import pool as pool_module
+from app.backend.base import Probe
+from app.backend.pool import Node
+from app.errors import BackendBusy, ClientLeft, NoBackendAvailable
+
+
+class Stub:
+    kind = "ollama"
+    timeouts = Timeouts()
+
+    def __init__(self, name: str) -> None:
+        self.base_url = f"http://{name}:11434"
+
+
+def make_pool(*names: str, **options: Any) -> BackendPool:
+    return BackendPool([Stub(name) for name in names], **options)  # type: ignore[misc]
+
+
+def urls(nodes: list[Node]) -> list[str]:
+    return [node.url.split("/")[2].split(":")[0] for node in nodes]
+
+
+def knows(node: Node, models: list[str], loaded: tuple[str, ...] = ()) -> None:
+    node.learn(Probe([{"id": m} for m in models], set(loaded)))
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Drive the pool's time.monotonic() by hand: ``clock[0] += seconds``."""
+    now = [1000.0]
+    monkeypatch.setattr(pool_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+# --- candidate order ---------------------------------------------------------------------
+
+def test_only_backends_listing_the_model_are_candidates() -> None:
+    pool = make_pool("a", "b", "c")
+    knows(pool.nodes[0], ["qwen"])
+    knows(pool.nodes[1], ["llama3.2:latest"])
+    assert urls(pool.candidates("llama3.2")) == ["b"]
+    assert urls(pool.candidates("qwen")) == ["a"]
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["unknown-lists", "nobody-lists-it"])
+def test_everyone_is_a_candidate_when_nobody_lists_the_model(known: bool) -> None:
+    pool = make_pool("a", "b")
+    if known:
+        knows(pool.nodes[0], ["qwen"])
+        knows(pool.nodes[1], [])
+    assert sorted(urls(pool.candidates("new-model"))) == ["a", "b"]
+
+
+def test_loaded_first_even_when_busier_then_fewest_in_flight() -> None:
+    pool = make_pool("a", "b", "c", "d")
+    for node, in_flight in zip(pool.nodes, [2, 0, 1, 5], strict=True):
+        knows(node, ["m"], loaded=("m",) if node is pool.nodes[3] else ())
+        node.in_flight = in_flight
+    for _ in range(3):
+        assert urls(pool.candidates("m")) == ["d", "b", "c", "a"]
+
+
+def test_ties_rotate() -> None:
+    pool = make_pool("a", "b", "c")
+    firsts = [urls(pool.candidates("m")) for _ in range(4)]
+    assert firsts == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+@pytest.mark.parametrize(("listed", "requested"), [
+    ("llama3.2:latest", "llama3.2"), ("llama3.2:latest", "llama3.2:latest"),
+    ("qwen", "qwen")], ids=["short-name", "full-name", "no-tag"])
+def test_latest_aliases(listed: str, requested: str) -> None:
+    pool = make_pool("a", "b")
+    knows(pool.nodes[0], ["other"])
+    knows(pool.nodes[1], [listed], loaded=(listed,))
+    assert pool.nodes[1].serves(requested) is True
+    assert urls(pool.candidates(requested)) == ["b"]
+    assert requested in pool.nodes[1].loaded
+
+
+def test_success_marks_the_model_loaded_under_both_names() -> None:
+    pool = make_pool("a", "b")
+    for node in pool.nodes:
+        knows(node, ["llama3.2:latest"])
+    pool.succeeded(pool.nodes[1], "llama3.2:latest")
+    assert pool.nodes[1].loaded == {"llama3.2", "llama3.2:latest"}
+    assert urls(pool.candidates("llama3.2"))[0] == "b"
+
+
+def test_excluded_backends_are_skipped() -> None:
+    pool = make_pool("a", "b")
+    assert urls(pool.candidates("m", exclude=[pool.nodes[0]])) == ["b"]
+    assert pool.acquire("m", pool.nodes, time.monotonic() + 1, lambda: False) is None
+
+
+# --- circuit breaker ---------------------------------------------------------------------
+
+def test_circuit_opens_after_consecutive_failures_and_cools_down(clock: list[float]) -> None:
+    pool = make_pool("a", "b", breaker_failures=3, breaker_cooldown=10.0)
+    a = pool.nodes[0]
+    for _ in range(2):
+        pool.failed(a, "backend_unavailable", "refused")
+    assert "a" in urls(pool.candidates("m"))
+    assert a.status(clock[0])["circuit"] == "closed"
+    pool.failed(a, "backend_unavailable", "refused")
+    assert urls(pool.candidates("m")) == ["b"]
+    assert a.status(clock[0]) | {"models": None} == {
+        "url": "http://a:11434", "kind": "ollama", "ok": False, "circuit": "open",
+        "in_flight": 0, "models": None, "loaded": [], "error": "refused"}
+    clock[0] += 9.9
+    assert urls(pool.candidates("m")) == ["b"]
+    clock[0] += 0.1
+    assert "a" in urls(pool.candidates("m"))  # half-open: it gets one more try
+    pool.failed(a, "backend_timeout", "slow")  # ... and one failure opens it again
+    assert urls(pool.candidates("m")) == ["b"]
+    assert a.status(clock[0])["error"] == "slow"
+
+
+@pytest.mark.parametrize("closer", ["succeeded", "probed"])
+def test_success_or_probe_closes_the_circuit(clock: list[float], closer: str) -> None:
+    pool = make_pool("a", breaker_failures=1, breaker_cooldown=60.0)
+    a = pool.nodes[0]
+    pool.failed(a, "backend_unavailable", "refused")
+    assert pool.candidates("m") == []
+    if closer == "succeeded":
+        pool.succeeded(a, "m")
+    else:
+        pool.probed(a, Probe([{"id": "m"}], set(), "0.12.0"))
+        assert (a.models, a.version) == ({"m"}, "0.12.0")
+    assert (a.failures, a.open_until, a.last_error) == (0, 0.0, None)
+    assert pool.candidates("m") == [a]
+    assert a.status(clock[0])["ok"] is True
+
+
+def test_a_success_resets_the_count_of_consecutive_failures() -> None:
+    pool = make_pool("a", breaker_failures=2)
+    a = pool.nodes[0]
+    pool.failed(a, "backend_unavailable", "x")
+    pool.succeeded(a, "m")
+    pool.failed(a, "backend_unavailable", "x")
+    assert pool.candidates("m") == [a]
+
+
+def test_unavailable_when_every_circuit_is_open(clock: list[float]) -> None:
+    pool = make_pool("a", "b", breaker_failures=1, breaker_cooldown=30.0)
+    pool.failed(pool.nodes[0], "backend_unavailable", "x")
+    clock[0] += 25.6
+    pool.failed(pool.nodes[1], "backend_unavailable", "x")
+    assert pool.acquire("m", (), clock[0] + 60, lambda: False) is None
+    error = pool.unavailable("m")
+    assert isinstance(error, NoBackendAvailable)
+    assert (error.status, error.type) == (503, "no_backend_available")
+    assert error.headers == {"Retry-After": "4"}  # a reopens first, in 4.4 s
+    assert "'m'" in error.message
+    clock[0] += 4.3
+    assert pool.unavailable("m").headers == {"Retry-After": "1"}  # never less than 1
+
+
+# --- admission ---------------------------------------------------------------------------
+
+class Acquirer(threading.Thread):
+    """Call pool.acquire in a thread; keep what it returned or raised."""
+
+    def __init__(self, pool: BackendPool, model: str = "m", deadline: float = 30.0,
+                 gone: Callable[[], bool] = lambda: False) -> None:
+        super().__init__(daemon=True)
+        self.pool, self.model, self.gone = pool, model, gone
+        self.deadline = time.monotonic() + deadline
+        self.node: Node | None = None
+        self.error: Exception | None = None
+        self.took = 0.0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.node = self.pool.acquire(self.model, (), self.deadline, self.gone)
+        except Exception as exc:  # kept for the test to inspect
+            self.error = exc
+        self.took = time.monotonic() - started
+
+    def result(self) -> Node | Exception | None:
+        self.join(5)
+        assert not self.is_alive(), "acquire did not return"
+        return self.error or self.node
+
+
+def queued(pool: BackendPool, count: int) -> None:
+    """Wait until ``count`` requests are queued."""
+    deadline = time.monotonic() + 2
+    while len(pool._queue) != count:
+        assert time.monotonic() < deadline, f"{len(pool._queue)} queued, not {count}"
+        time.sleep(0.005)
+
+
+def take(pool: BackendPool, model: str = "m") -> Node:
+    node = pool.acquire(model, (), time.monotonic() + 5, lambda: False)
+    return node
+
+
+def start(pool: BackendPool, queue_length: int, **options: Any) -> Acquirer:
+    waiter = Acquirer(pool, **options)
+    waiter.start()
+    queued(pool, queue_length)
+    return waiter
+
+
+def test_cap_is_respected_and_release_hands_the_slot_over() -> None:
+    pool = make_pool("a", max_concurrency=2)
+    a = pool.nodes[0]
+    assert [take(pool), take(pool)] == [a, a] and a.in_flight == 2
+    waiter = start(pool, 1)
+    time.sleep(0.05)
+    assert waiter.is_alive() and a.in_flight == 2
+    pool.release(a)
+    assert waiter.result() is a
+    assert a.in_flight == 2 and not pool._queue  # the slot moved, it was not freed
+    for _ in range(2):
+        pool.release(a)
+    assert a.in_flight == 0
+
+
+def test_no_cap_admits_everyone() -> None:
+    pool = make_pool("a", max_concurrency=0, queue_size=0)
+    for _ in range(50):
+        take(pool)
+    assert pool.nodes[0].in_flight == 50
+
+
+def test_queue_is_first_in_first_out() -> None:
+    pool = make_pool("a", max_concurrency=1)
+    a = take(pool)
+    first, second = start(pool, 1), start(pool, 2)
+    pool.release(a)
+    assert first.result() is a
+    assert second.is_alive()
+    pool.release(a)
+    assert second.result() is a
+    pool.release(a)
+    assert a.in_flight == 0
+
+
+def test_a_freed_slot_goes_to_the_first_waiter_that_backend_can_serve() -> None:
+    pool = make_pool("a", "b", max_concurrency=1)
+    a, b = pool.nodes
+    knows(a, ["x"])
+    knows(b, ["y"])
+    assert (take(pool, "x"), take(pool, "y")) == (a, b)
+    wants_y, wants_x = start(pool, 1, model="y"), start(pool, 2, model="x")
+    pool.release(a)
+    assert wants_x.result() is a  # jumped the queue: a cannot serve the first waiter
+    assert wants_y.is_alive()
+    pool.release(b)
+    assert wants_y.result() is b
+
+
+def test_a_freed_slot_on_an_open_circuit_is_not_handed_over() -> None:
+    pool = make_pool("a", max_concurrency=1, breaker_failures=1, queue_timeout=0.3)
+    a = take(pool)
+    waiter = start(pool, 1)
+    pool.failed(a, "backend_unavailable", "refused")
+    pool.release(a)
+    assert a.in_flight == 0
+    assert isinstance(waiter.result(), BackendBusy)
+
+
+@pytest.mark.parametrize("queue_size", [0, 2], ids=["no-queue", "queue-of-2"])
+def test_full_queue_is_busy_at_once(queue_size: int) -> None:
+    pool = make_pool("a", max_concurrency=1, queue_size=queue_size, queue_timeout=30)
+    node = take(pool)
+    waiters = [start(pool, i + 1) for i in range(queue_size)]
+    started = time.monotonic()
+    with pytest.raises(BackendBusy, match="already queued") as raised:
+        pool.acquire("m", (), time.monotonic() + 30, lambda: False)
+    assert time.monotonic() - started < 0.1
+    assert (raised.value.status, raised.value.headers) == (503, {"Retry-After": "1"})
+    for waiter in waiters:
+        pool.release(node)
+        assert waiter.result() is node
+    pool.release(node)
+    assert node.in_flight == 0
+
+
+@pytest.mark.parametrize(("queue_timeout", "deadline"), [(0.2, 30.0), (30.0, 0.2)],
+                         ids=["queue-timeout", "request-deadline"])
+def test_waiting_too_long_is_busy(queue_timeout: float, deadline: float) -> None:
+    pool = make_pool("a", max_concurrency=1, queue_timeout=queue_timeout)
+    node = take(pool)
+    waiter = start(pool, 1, deadline=deadline)
+    error = waiter.result()
+    assert isinstance(error, BackendBusy) and error.headers == {"Retry-After": "1"}
+    assert 0.18 < waiter.took < 1.0
+    assert not pool._queue
+    pool.release(node)
+    assert node.in_flight == 0
+
+
+def test_a_client_that_leaves_leaves_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "QUEUE_POLL_SECONDS", 0.01)
+    pool = make_pool("a", max_concurrency=1, queue_timeout=30)
+    node = take(pool)
+    left = threading.Event()
+    waiter = start(pool, 1, gone=left.is_set)
+    time.sleep(0.05)
+    assert waiter.is_alive()
+    left.set()
+    assert isinstance(waiter.result(), ClientLeft)
+    assert waiter.took < 1.0 and not pool._queue
+    pool.release(node)  # nobody is waiting: the slot is freed, not handed to the leaver
+    assert node.in_flight == 0
