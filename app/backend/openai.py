@@ -45,9 +45,13 @@ def build_payload(kind: str, request: dict[str, Any], stream: bool) -> dict[str,
     return payload
 
 
-def choice_text(choice: dict[str, Any]) -> str:
+def choice_text(choice: Any) -> str:
     """Return the text of one choice: a chat message or delta, or a completion's text."""
+    if not isinstance(choice, dict):
+        raise BackendError("The model backend sent a choice that is not a JSON object.")
     message = choice.get("message") or choice.get("delta")
+    if message is not None and not isinstance(message, dict):
+        raise BackendError("The model backend sent a message that is not a JSON object.")
     if message is not None:
         return message.get("content") or ""
     return choice.get("text") or ""
@@ -74,8 +78,9 @@ class StreamDecoder:
         choices = data.get("choices") or []
         if not choices:
             return None
+        text = choice_text(choices[0])
         self.done_reason = choices[0].get("finish_reason") or self.done_reason
-        return choice_text(choices[0])
+        return text
 
 
 class OpenAIBackend(HttpBackend):
@@ -98,10 +103,10 @@ class OpenAIBackend(HttpBackend):
                              timeout=call_timeout(self.timeouts, deadline, self.timeouts.total))
         data = read_json(response, ENDPOINTS[kind])
         choices = data.get("choices") if isinstance(data, dict) else None
-        if not choices:
+        if not choices or not isinstance(choices, list):
             raise BackendError("The model backend answered without a choice.")
-        return Completion(model=data.get("model") or request["model"],
-                          text=choice_text(choices[0]),
+        text = choice_text(choices[0])
+        return Completion(model=data.get("model") or request["model"], text=text,
                           done_reason=choices[0].get("finish_reason"),
                           usage=usage_of(data.get("usage")))
 

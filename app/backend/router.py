@@ -117,11 +117,13 @@ class Router:
                 with watch if gone is not never_gone else nullcontext():
                     return node, call(node, deadline)
             except GatewayError as exc:
+                # Health first: a queued request must not be handed this slot
+                # on a backend whose circuit is about to open.
+                if unhealthy(exc) and not watch.left:
+                    self.pool.failed(node, exc.type, exc.message)
                 self.pool.release(node)
                 if watch.left:  # our own doing: the client left, the backend is fine
                     raise ClientLeft() from exc
-                if unhealthy(exc):
-                    self.pool.failed(node, exc.type, exc.message)
                 if not isinstance(exc, RETRYABLE) or time.monotonic() >= deadline:
                     raise
                 metrics.UPSTREAM.labels(node.url, exc.type).inc()
@@ -133,19 +135,22 @@ class Router:
         raise last or self.pool.unavailable(model)
 
     def _settle(self, node: Node, model: str, stream: TokenStream | None) -> None:
-        """Free the request's slot and record what it says about the backend's health."""
-        self.pool.release(node)
+        """Record what the request says about the backend's health, then free its slot."""
         if stream is None or stream.finished:
             self.pool.succeeded(node, model)
         elif stream.error in UNHEALTHY_STREAM_ENDS:
             self.pool.failed(node, stream.error, stream.error_message or stream.error)
+        self.pool.release(node)
 
     def list_models(self) -> list[dict[str, Any]]:
         """Return every model the healthy backends serve, each once."""
         models: dict[str, dict[str, Any]] = {}
         failure: GatewayError | None = None
         answered = False
-        for node in self.pool.candidates(""):
+        nodes = self.pool.candidates("")
+        if not nodes:
+            raise self.pool.unavailable("any model")
+        for node in nodes:
             try:
                 listed = node.backend.list_models()
             except GatewayError as exc:

@@ -124,6 +124,15 @@ def test_complete_without_a_choice(backend: OpenAIBackend, mocked: responses.Req
         backend.complete("generate", generate_request())
 
 
+@pytest.mark.parametrize("choices", [["a string"], [{"message": "a string"}]],
+                         ids=["choice", "message"])
+def test_complete_with_a_malformed_choice(backend: OpenAIBackend,
+                                          mocked: responses.RequestsMock, choices: Any) -> None:
+    mocked.post(f"{URL}/v1/chat/completions", json={"choices": choices})
+    with pytest.raises(BackendError, match="not a JSON object"):
+        backend.complete("chat", {"model": "qwen", "messages": MESSAGES})
+
+
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "generate"])
 def test_stream_pieces_finish_reason_and_usage(backend: OpenAIBackend,
                                                mocked: responses.RequestsMock,

@@ -267,6 +267,13 @@ def test_list_models_raises_only_when_every_backend_fails() -> None:
     assert empty_but_up.list_models() == []
 
 
+def test_list_models_with_every_circuit_open_is_a_503() -> None:
+    router = router_of(StubBackend("a", models=["x"]), breaker_failures=1)
+    router.pool.failed(router.pool.nodes[0], "backend_unavailable", "down")
+    with pytest.raises(NoBackendAvailable):
+        router.list_models()
+
+
 def up(url: str) -> float | None:
     return REGISTRY.get_sample_value("gateway_backend_up", {"backend": url})
 
