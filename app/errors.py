@@ -26,7 +26,12 @@ Every error the gateway answers with is a ``GatewayError``::
         ├── NotReady (503 not_ready)
         └── BackendTimeout (504 backend_timeout)
 
-The body is always ``{"error": {"type": ..., "message": ..., **details}}``.
+The body is always ``{"error": {"type": ..., "message": ..., **details}}``, except
+on routes whose view class sets ``openai_errors = True`` (the OpenAI-compatible
+API), where it takes OpenAI's shape: ``{"error": {"message", "type", "param",
+"code", **details}}`` with OpenAI's type for the status and the gateway's type as
+``code``. ``handle_error`` picks the shape, so errors raised before the view
+(401, 429, 405) take it too.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Response
+from flask import Response, current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from app.observability.context import observe
@@ -61,6 +66,33 @@ class GatewayError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON body of this error."""
         return {"error": {"type": self.type, "message": self.message, **self.details}}
+
+    def to_openai_dict(self) -> dict[str, Any]:
+        """Return the body of this error in OpenAI's shape."""
+        param, problem = first_problem(self.details.get("fields"))
+        message = f"Invalid '{param}': {problem}" if param else self.message
+        kind = OPENAI_TYPES.get(self.status) or (
+            "server_error" if self.status >= 500 else "invalid_request_error")
+        body = {"message": message, "type": kind, "param": param, "code": self.type}
+        return {"error": {**body, **{k: v for k, v in self.details.items() if k not in body}}}
+
+
+# OpenAI's error type per status (the names of its SDK's exceptions); other 4xx
+# are "invalid_request_error", 5xx "server_error".
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                429: "rate_limit_error"}
+
+
+def first_problem(fields: Any, path: str = "") -> tuple[str | None, str | None]:
+    """Return the first invalid field of validation messages (``messages[0].content``) and
+    its message."""
+    if isinstance(fields, list) and fields:
+        return path or None, str(fields[0])
+    if not isinstance(fields, dict) or not fields:
+        return None, None
+    key, value = next(iter(fields.items()))
+    name = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+    return first_problem(value, name)
 
 
 class BadRequest(GatewayError):
@@ -221,10 +253,27 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
     return GatewayError()
 
 
-def error_response(error: GatewayError) -> Response:
-    """Render ``error`` as the gateway's JSON error response."""
+def openai_route(error: GatewayError) -> bool:
+    """Return whether the current request's route answers errors in OpenAI's shape."""
+    if not has_request_context():
+        return False
+    endpoint = request.endpoint
+    allowed = error.headers.get("Allow")
+    if allowed:  # 405 matched no route: look at the route the path has for an allowed method
+        try:
+            endpoint, _ = current_app.url_map.bind_to_environ(request.environ).match(
+                method=allowed.split(",")[0].strip())
+        except HTTPException:
+            return False
+    view = current_app.view_functions.get(endpoint or "")
+    return bool(getattr(getattr(view, "view_class", None), "openai_errors", False))
+
+
+def error_response(error: GatewayError, *, openai: bool = False) -> Response:
+    """Render ``error`` as a JSON error response: the gateway's shape, or OpenAI's."""
+    body = error.to_openai_dict() if openai else error.to_dict()
     # Validation messages key list items by index: OPT_NON_STR_KEYS writes "0".
-    response = Response(orjson.dumps(error.to_dict(), option=orjson.OPT_NON_STR_KEYS),
+    response = Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
                         status=error.status,
                         mimetype="application/json")
     response.headers.update(error.headers)
@@ -240,4 +289,4 @@ def handle_error(exc: BaseException) -> Response:
     elif error.status >= 500 and error.logged:
         cause = f" ({exc.__cause__!r})" if exc.__cause__ else ""
         log.warning("%s: %s%s", error.type, error.message, cause)
-    return error_response(error)
+    return error_response(error, openai=openai_route(error))

@@ -1,10 +1,15 @@
-"""Server-sent events: encode a TokenStream, keep it alive, stop it when the client leaves."""
+"""Server-sent events: encode a TokenStream, keep it alive, stop it when the client leaves.
+
+What the events say is an ``Encoder``'s business: the gateway's own events
+(``GatewayEvents``) or OpenAI's chunks (``app/api/openai_wire.py``); the pings,
+the error after the first byte and the closing of the upstream are shared.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from flask import Response
@@ -30,27 +35,61 @@ def encode_pieces(pieces: list[str]) -> bytes:
     return b"".join([b'data: {"text":' + dumps(piece) + b"}\n\n" for piece in pieces])
 
 
-def sse_events(stream: TokenStream, heartbeat: float) -> Iterator[bytes]:
+class Encoder(Protocol):
+    """Turns one stream's pieces, its end and its failure into SSE bytes."""
+
+    def pieces(self, pieces: list[str]) -> bytes:
+        """Encode pieces that arrived together as one write."""
+
+    def done(self, stream: TokenStream) -> bytes:
+        """Encode the end of a stream that finished."""
+
+    def error(self, error: GatewayError) -> bytes:
+        """Encode a failure after the stream started."""
+
+
+class GatewayEvents:
+    """The gateway's own events: ``{"text"}`` per piece, then ``{"done", ...}`` or an error."""
+
+    def pieces(self, pieces: list[str]) -> bytes:
+        """Encode pieces as ``data: {"text"}`` events."""
+        return encode_pieces(pieces)
+
+    def done(self, stream: TokenStream) -> bytes:
+        """Encode the done event, with how the stream ended and its usage."""
+        return event({"done": True, "done_reason": stream.done_reason,
+                      "usage": stream.usage.to_dict()})
+
+    def error(self, error: GatewayError) -> bytes:
+        """Encode ``event: error`` with the gateway's error object."""
+        return event(error.to_dict(), "error")
+
+
+GATEWAY_EVENTS = GatewayEvents()
+
+
+def sse_events(stream: TokenStream, heartbeat: float,
+               encoder: Encoder = GATEWAY_EVENTS) -> Iterator[bytes]:
     """Yield the SSE events of ``stream``; always end with a done or an error event."""
     try:
         for pieces in stream.batches(heartbeat):
-            yield encode_pieces(pieces) if pieces else PING
-        yield event({"done": True, "done_reason": stream.done_reason,
-                     "usage": stream.usage.to_dict()})
+            yield encoder.pieces(pieces) if pieces else PING
+        yield encoder.done(stream)
     except GatewayError as exc:
-        yield event(exc.to_dict(), "error")
+        yield encoder.error(exc)
     except Exception:
         log.exception("stream of %s failed", stream.model)
-        yield event(GatewayError().to_dict(), "error")
+        yield encoder.error(GatewayError())
     finally:
         stream.close()
 
 
-def sse_response(stream: TokenStream, heartbeat: float) -> Response:
+def sse_response(stream: TokenStream, heartbeat: float,
+                 encoder: Encoder = GATEWAY_EVENTS) -> Response:
     """Return a text/event-stream response that relays ``stream`` as it arrives."""
     # Not direct_passthrough: werkzeug would then hand the bare generator to the
     # server and skip the response's close callbacks below.
-    response = Response(sse_events(stream, heartbeat), mimetype="text/event-stream",
+    response = Response(sse_events(stream, heartbeat, encoder), mimetype="text/event-stream",
                         headers=SSE_HEADERS)
     # A generator that never started runs no finally: close the upstream here too.
     response.call_on_close(stream.close)

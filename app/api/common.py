@@ -35,13 +35,16 @@ def read_body(max_bytes: int) -> bytes:
 
 def load_body(name: str) -> dict[str, Any]:
     """Parse the JSON body and validate it with the named request schema."""
-    state = gateway()
-    body = read_body(state.max_body_bytes)
+    return load_with(gateway().schemas[name])
+
+
+def load_with(schema: Schema) -> Any:
+    """Parse the JSON body and validate it with ``schema``."""
+    body = read_body(gateway().max_body_bytes)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from exc
-    schema: Schema = state.schemas[name]
     try:
         return schema.load(data)
     except ValidationError as exc:
@@ -59,9 +62,14 @@ _ID_SEED = os.urandom(8).hex()
 _ids = itertools.count()
 
 
+def new_id(prefix: str) -> str:
+    """Return a new completion id starting with ``prefix``."""
+    return f"{prefix}-{_ID_SEED}{next(_ids):08x}"
+
+
 def completion_fields(completion: Completion, prefix: str) -> dict[str, Any]:
     """Return the fields every finished completion carries."""
-    return {"id": f"{prefix}-{_ID_SEED}{next(_ids):08x}", "model": completion.model,
+    return {"id": new_id(prefix), "model": completion.model,
             "done_reason": completion.done_reason, "usage": completion.usage.to_dict(),
             "created": int(time.time())}
 
@@ -86,9 +94,10 @@ ERROR_STATUSES = {
 }
 
 
-def document_errors(namespace: Namespace) -> Callable[[Any], Any]:
+def document_errors(namespace: Namespace,
+                    schema: type[Schema] = ErrorResponse) -> Callable[[Any], Any]:
     """Return a decorator that documents the error answers of a generating route."""
-    error_model = schema_model(namespace, ErrorResponse)
+    error_model = schema_model(namespace, schema)
 
     def decorate(func: Any) -> Any:
         for status, text in ERROR_STATUSES.items():

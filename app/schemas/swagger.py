@@ -13,12 +13,14 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
-from app.schemas import inference, status
+from app.schemas import inference, openai, status
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     inference.GenerateRequest, inference.ChatRequest, inference.GenerateResponse,
     inference.ChatResponse, inference.StreamEvent, inference.ErrorResponse,
     status.ModelList, status.HealthBody, status.ReadyBody,
+    openai.ChatCompletionRequest, openai.CompletionRequest, openai.EmbeddingRequest,
+    openai.OpenAICompletion, openai.OpenAIEmbeddingList, openai.OpenAIErrorResponse,
 )
 
 

@@ -11,7 +11,8 @@ from app.schemas.swagger import definitions
 ROUTES = {
     "/v1/generate": "post", "/v1/generate/stream": "post", "/v1/chat": "post",
     "/v1/chat/stream": "post", "/v1/models": "get", "/healthz": "get", "/readyz": "get",
-    "/metrics": "get",
+    "/metrics": "get", "/v1/chat/completions": "post", "/v1/completions": "post",
+    "/v1/embeddings": "post",
 }
 
 
