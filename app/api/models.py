@@ -1,4 +1,4 @@
-"""GET /v1/models: the models the backend serves."""
+"""GET /v1/models and /v1/models/<id>: the models the backends serve."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from flask_restx import Namespace, Resource
 
 from app.api.common import json_response, schema_model
 from app.schemas.inference import ErrorResponse
-from app.schemas.status import ModelList
+from app.errors import ModelNotFound
+from app.schemas.status import ModelInfo, ModelList
 from app.state import gateway
 
-ns = Namespace("models", description="Models the backend serves", path="/v1")
+ns = Namespace("models", description="Models the backends serve", path="/v1")
 
 
 @ns.route("/models")
@@ -23,3 +24,16 @@ class Models(Resource):
     def get(self) -> Response:
         """List the served models (cached for GATEWAY_MODELS_CACHE_SECONDS)."""
         return json_response({"object": "list", "data": gateway().service.models()})
+
+
+@ns.route("/models/<path:model_id>")
+@ns.param("model_id", "Model name, e.g. llama3.2 or llama3.2:latest")
+class Model(Resource):
+    @ns.response(200, "The model", schema_model(ns, ModelInfo))
+    @ns.response(404, "No backend serves it", schema_model(ns, ErrorResponse))
+    def get(self, model_id: str) -> Response:
+        """Describe one served model (OpenAI's models.retrieve)."""
+        for model in gateway().service.models():
+            if model_id in (model["id"], model["id"].removesuffix(":latest")):
+                return json_response(model)
+        raise ModelNotFound(f"No backend serves the model '{model_id}'; see GET /v1/models.")

@@ -18,7 +18,7 @@ from app.schemas import inference, openai, status
 DOCUMENTED: tuple[type[Schema], ...] = (
     inference.GenerateRequest, inference.ChatRequest, inference.GenerateResponse,
     inference.ChatResponse, inference.StreamEvent, inference.ErrorResponse,
-    status.ModelList, status.HealthBody, status.ReadyBody,
+    status.ModelList, status.ModelInfo, status.HealthBody, status.ReadyBody,
     openai.ChatCompletionRequest, openai.CompletionRequest, openai.EmbeddingRequest,
     openai.OpenAICompletion, openai.OpenAIEmbeddingList, openai.OpenAIErrorResponse,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
 
 from app.schemas.status import HealthBody, ModelList, ReadyBody
@@ -14,6 +15,19 @@ def test_models(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert ModelList().validate(body) == {}
     assert [m["id"] for m in body["data"]] == ["llama3.2:latest", "sim:latest"]
+
+
+@pytest.mark.parametrize("name", ["llama3.2", "llama3.2:latest"], ids=["bare", "tagged"])
+def test_one_model(client: FlaskClient, name: str) -> None:
+    response = client.get(f"/v1/models/{name}")
+    assert response.status_code == 200
+    assert response.get_json()["id"] == "llama3.2:latest"
+
+
+def test_unknown_model_is_a_404(client: FlaskClient) -> None:
+    response = client.get("/v1/models/no-such-model")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["type"] == "model_not_found"
 
 
 def test_healthz_never_calls_the_backend(make_client) -> None:
