@@ -12,7 +12,7 @@ ROUTES = {
     "/v1/generate": "post", "/v1/generate/stream": "post", "/v1/chat": "post",
     "/v1/chat/stream": "post", "/v1/models": "get", "/healthz": "get", "/readyz": "get",
     "/metrics": "get", "/v1/chat/completions": "post", "/v1/completions": "post",
-    "/v1/embeddings": "post",
+    "/v1/embeddings": "post", "/v1/models/{model_id}": "get",
 }
 
 
