@@ -47,12 +47,14 @@ def create_entry(path: str, name: str, **settings: object) -> str:
 @click.option("--rate", callback=check_limit, help="Request-rate limit, e.g. '10/minute'.")
 @click.option("--tokens-per-minute", type=click.IntRange(min=0), help="Token budget.")
 @click.option("--max-streams", type=click.IntRange(min=0), help="Concurrent streams.")
+@click.option("--admin", is_flag=True, help="May manage models (Ollama's /api/pull, /api/delete, "
+                                             "/api/create, /api/copy, /api/push).")
 def create(name: str, models: str | None, rate: str | None, tokens_per_minute: int | None,
-           max_streams: int | None) -> None:
+           max_streams: int | None, admin: bool) -> None:
     """Create a key and print it once; only its hash is stored."""
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
     raw = create_entry(key_file(), name, models=model_list, rate_limit=rate,
-                       tokens_per_minute=tokens_per_minute, max_streams=max_streams)
+                       tokens_per_minute=tokens_per_minute, max_streams=max_streams, admin=admin)
     click.echo(f"Created key {name!r}. Store it now; it is not shown again:\n{raw}")
 
 
@@ -78,7 +80,8 @@ def list_keys() -> None:
         click.echo(f"{entry.name}\tmodels={','.join(entry.models or ['*'])}"
                    f"\trate={entry.rate_limit or 'default'}"
                    f"\ttokens/min={entry.tokens_per_minute or 'default'}"
-                   f"\tstreams={entry.max_streams or 'default'}\tcreated={entry.created_at}")
+                   f"\tstreams={entry.max_streams or 'default'}"
+                   f"\tadmin={'yes' if entry.admin else 'no'}\tcreated={entry.created_at}")
 
 
 @keys_cli.command("revoke")

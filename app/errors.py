@@ -31,7 +31,9 @@ on routes whose view class sets ``openai_errors = True`` (the OpenAI-compatible
 API), where it takes OpenAI's shape: ``{"error": {"message", "type", "param",
 "code", **details}}`` with OpenAI's type for the status and the gateway's type as
 ``code``. ``handle_error`` picks the shape, so errors raised before the view
-(401, 429, 405) take it too.
+(401, 429, 405) take it too. Under ``/api/`` (the Ollama-compatible API, unknown
+paths included) the body is Ollama's ``{"error": "message"}`` and a validation
+error is a 400, as Ollama answers.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class GatewayError(Exception):
             "server_error" if self.status >= 500 else "invalid_request_error")
         body = {"message": message, "type": kind, "param": param, "code": self.type}
         return {"error": {**body, **{k: v for k, v in self.details.items() if k not in body}}}
+
+    def to_ollama_dict(self) -> dict[str, Any]:
+        """Return the body of this error in Ollama's shape: the message alone."""
+        param, problem = first_problem(self.details.get("fields"))
+        return {"error": f"invalid {param}: {problem}" if param else self.message}
 
 
 # OpenAI's error type per status (the names of its SDK's exceptions); other 4xx
@@ -269,12 +276,29 @@ def openai_route(error: GatewayError) -> bool:
     return bool(getattr(getattr(view, "view_class", None), "openai_errors", False))
 
 
-def error_response(error: GatewayError, *, openai: bool = False) -> Response:
-    """Render ``error`` as a JSON error response: the gateway's shape, or OpenAI's."""
-    body = error.to_openai_dict() if openai else error.to_dict()
+OLLAMA_PREFIX = "/api/"
+
+
+def ollama_route() -> bool:
+    """Return whether the current request is for the Ollama-compatible API (under /api/)."""
+    if not has_request_context():
+        return False
+    # By path, not by view: an unknown /api/ path has no view, yet is Ollama's.
+    blueprint = current_app.blueprints.get(request.blueprint or "")
+    prefix = (blueprint.url_prefix or "") if blueprint is not None else ""
+    return request.path.removeprefix(prefix).startswith(OLLAMA_PREFIX)
+
+
+def error_response(error: GatewayError, *, openai: bool = False,
+                   ollama: bool = False) -> Response:
+    """Render ``error`` as a JSON error response: the gateway's shape, OpenAI's or Ollama's."""
+    body = (error.to_ollama_dict() if ollama else error.to_openai_dict() if openai
+            else error.to_dict())
+    # Ollama has no 422: it answers an invalid body with 400.
+    status = 400 if ollama and error.status == 422 else error.status
     # Validation messages key list items by index: OPT_NON_STR_KEYS writes "0".
     response = Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
-                        status=error.status,
+                        status=status,
                         mimetype="application/json")
     response.headers.update(error.headers)
     return response
@@ -289,4 +313,4 @@ def handle_error(exc: BaseException) -> Response:
     elif error.status >= 500 and error.logged:
         cause = f" ({exc.__cause__!r})" if exc.__cause__ else ""
         log.warning("%s: %s%s", error.type, error.message, cause)
-    return error_response(error, openai=openai_route(error))
+    return error_response(error, openai=openai_route(error), ollama=ollama_route())

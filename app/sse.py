@@ -3,6 +3,8 @@
 What the events say is an ``Encoder``'s business: the gateway's own events
 (``GatewayEvents``) or OpenAI's chunks (``app/api/openai_wire.py``); the pings,
 the error after the first byte and the closing of the upstream are shared.
+A line format other than SSE (Ollama's NDJSON, ``app/api/ollama_wire.py``)
+passes its own heartbeat and media type.
 """
 
 from __future__ import annotations
@@ -68,12 +70,12 @@ class GatewayEvents:
 GATEWAY_EVENTS = GatewayEvents()
 
 
-def sse_events(stream: TokenStream, heartbeat: float,
-               encoder: Encoder = GATEWAY_EVENTS) -> Iterator[bytes]:
+def sse_events(stream: TokenStream, heartbeat: float, encoder: Encoder = GATEWAY_EVENTS,
+               ping: bytes = PING) -> Iterator[bytes]:
     """Yield the SSE events of ``stream``; always end with a done or an error event."""
     try:
         for pieces in stream.batches(heartbeat):
-            yield encoder.pieces(pieces) if pieces else PING
+            yield encoder.pieces(pieces) if pieces else ping
         yield encoder.done(stream)
     except GatewayError as exc:
         yield encoder.error(exc)
@@ -84,12 +86,12 @@ def sse_events(stream: TokenStream, heartbeat: float,
         stream.close()
 
 
-def sse_response(stream: TokenStream, heartbeat: float,
-                 encoder: Encoder = GATEWAY_EVENTS) -> Response:
-    """Return a text/event-stream response that relays ``stream`` as it arrives."""
+def sse_response(stream: TokenStream, heartbeat: float, encoder: Encoder = GATEWAY_EVENTS,
+                 *, ping: bytes = PING, mimetype: str = "text/event-stream") -> Response:
+    """Return a response that relays ``stream`` as it arrives: SSE unless told otherwise."""
     # Not direct_passthrough: werkzeug would then hand the bare generator to the
     # server and skip the response's close callbacks below.
-    response = Response(sse_events(stream, heartbeat, encoder), mimetype="text/event-stream",
+    response = Response(sse_events(stream, heartbeat, encoder, ping), mimetype=mimetype,
                         headers=SSE_HEADERS)
     # A generator that never started runs no finally: close the upstream here too.
     response.call_on_close(stream.close)

@@ -385,6 +385,41 @@ def embed_inputs(fake: FakeOllama, body: Any) -> tuple[list[str], str]:
     return inputs, body["model"]
 
 
+PULL_PROGRESS = ({"status": "pulling manifest"},
+                 {"status": "downloading", "digest": "sha256:0", "total": 100, "completed": 50},
+                 {"status": "downloading", "digest": "sha256:0", "total": 100, "completed": 100},
+                 {"status": "success"})
+
+
+def show_body(name: str) -> dict[str, Any]:
+    """Return /api/show's answer for a served model."""
+    return {"modelfile": f"FROM {name}", "parameters": "stop <|eot_id|>",
+            "template": "{{ .Prompt }}", "details": model_entry(name)["details"],
+            "model_info": {"general.architecture": "llama"}, "capabilities": ["completion"],
+            "modified_at": "2025-01-01T00:00:00Z"}
+
+
+def manage_models(fake: FakeOllama, path: str, body: Any) -> dict[str, Any] | None:
+    """Apply show, pull, copy or delete to the fake's models; return the JSON answer."""
+    if not isinstance(body, dict):
+        raise BadRequest(400, "invalid request body")
+    name = body.get("source") if path == "/api/copy" else body.get("model") or body.get("name")
+    if not name:
+        raise BadRequest(400, "model is required")
+    served = fake.resolve(name)
+    if path == "/api/pull":
+        if served is None:
+            fake.models.append(name if ":" in name else f"{name}:latest")
+        return {"status": "success"}
+    if served is None:
+        raise BadRequest(404, f"model '{name}' not found")
+    if path == "/api/delete":
+        fake.models.remove(served)
+    elif path == "/api/copy":
+        fake.models.append(body.get("destination") or "")
+    return show_body(served) if path == "/api/show" else None
+
+
 def vector(text: str, size: int = 8) -> list[float]:
     """Return a deterministic unit-ish vector for ``text``."""
     digest = hashlib.sha256(text.encode()).digest()
@@ -465,8 +500,39 @@ class _Handler(BaseHTTPRequestHandler):
             self._inference(path, path.rsplit("/", 1)[1], raw)
         elif path == "/api/embed":
             self._embed(raw)
+        elif path in ("/api/show", "/api/pull", "/api/copy"):
+            self._manage(path, raw)
         else:
             self._send_error(404, "404 page not found")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        """Serve /api/delete."""
+        path = self.path.split("?", 1)[0]
+        raw = self._read_body()
+        if path == "/api/delete":
+            self._manage(path, raw)
+        else:
+            self._send_error(404, "404 page not found")
+
+    def _manage(self, path: str, raw: bytes) -> None:
+        """Answer show, pull, copy and delete on the fake's model list."""
+        try:
+            body = json.loads(raw)
+            answer = manage_models(self.fake, path, body)
+        except (ValueError, BadRequest) as exc:
+            status = exc.status if isinstance(exc, BadRequest) else 400
+            self._send_error(status, getattr(exc, "message", str(exc)))
+            return
+        self.fake.record(path, body, self.headers.get("X-Request-ID"))
+        if path == "/api/pull" and body.get("stream") is not False:
+            self._start_stream()
+            for line in PULL_PROGRESS:
+                self._write_chunk(dumps(line) + b"\n")
+            self._write_chunk(b"")
+        elif answer is None:
+            self._send(200, b"", JSON_TYPE)
+        else:
+            self._send_json(200, answer)
 
     def _embed(self, raw: bytes) -> None:
         """Answer /api/embed with a small deterministic vector per input."""

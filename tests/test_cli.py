@@ -41,6 +41,19 @@ def test_create_prints_the_key_once_and_stores_its_hash(cli_app: Flask, tmp_path
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize("admin", [True, False], ids=["admin", "not-admin"])
+def test_admin_keys_may_manage_models(cli_app: Flask, tmp_path: Path, admin: bool) -> None:
+    runner = cli_app.test_cli_runner()
+    raw = printed_key(runner.invoke(args=["keys", "create", "--name", "ops"]
+                                    + (["--admin"] if admin else [])).output)
+    assert json.loads((tmp_path / "k.json").read_text())["keys"][0]["admin"] is admin
+    assert f"admin={'yes' if admin else 'no'}" in runner.invoke(args=["keys", "list"]).output
+    answer = cli_app.test_client().post("/api/pull", json={"model": "sim"},
+                                         headers={"Authorization": f"Bearer {raw}"})
+    assert (answer.status_code == 403) is not admin
+    answer.close()  # an admin's pull streams progress: let it release the backend's answer
+
+
 @pytest.mark.parametrize("args", [
     ["keys", "create"], ["keys", "create", "--name", "x", "--rate", "often"],
     ["keys", "create", "--name", "x", "--max-streams", "-1"], ["keys", "revoke", "nobody"],

@@ -6,10 +6,20 @@ from flask import Blueprint, Response, current_app, request
 from flask_restx import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from app.api import completions, health, metrics, models, openai_compat, streaming, websocket
+from app.api import (
+    completions,
+    health,
+    metrics,
+    models,
+    ollama_compat,
+    openai_compat,
+    streaming,
+    websocket,
+)
 from app.errors import handle_error
 
-NAMESPACES = (completions.ns, streaming.ns, models.ns, health.ns, metrics.ns, openai_compat.ns)
+NAMESPACES = (completions.ns, streaming.ns, models.ns, health.ns, metrics.ns, openai_compat.ns,
+              ollama_compat.ns)
 # Swagger 2.0 has no bearer scheme: an apiKey in the Authorization header lets
 # Swagger UI's "Authorize" button send "Bearer <key>" (X-API-Key works too).
 AUTHORIZATIONS = {"bearer": {"type": "apiKey", "in": "header", "name": "Authorization",

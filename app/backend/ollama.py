@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+
+import orjson
+import requests
 
 from app.backend.base import (
     Completion,
@@ -15,7 +19,15 @@ from app.backend.base import (
     call_timeout,
     parse_object,
 )
-from app.backend.http import HttpBackend, read_json
+from app.backend.http import (
+    HttpBackend,
+    abort_response,
+    prepare,
+    raise_for_status,
+    read_json,
+    send,
+    translate_errors,
+)
 from app.errors import BackendError
 
 # Gateway option name -> Ollama option name.
@@ -57,6 +69,32 @@ def build_payload(kind: str, request: dict[str, Any], stream: bool) -> dict[str,
         if request.get("system"):
             payload["system"] = request["system"]
     return payload
+
+
+def relay_chunks(response: requests.Response) -> Iterator[bytes]:
+    """Yield a forwarded answer's body as it arrives; abort it upstream if left unfinished."""
+    finished = False
+    try:
+        with translate_errors():
+            yield from response.iter_content(chunk_size=None)
+        finished = True
+    finally:
+        if finished:
+            response.close()
+        else:  # the client left (or the read failed): the backend stops its work too
+            abort_response(response)
+
+
+def answer_of(response: requests.Response) -> Any:
+    """Return a forwarded answer's JSON body; None when it has none (delete, copy)."""
+    with translate_errors():
+        body = response.content
+    if not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BackendError("The model backend's answer is not JSON.") from exc
 
 
 def created_at(modified_at: str | None) -> int:
@@ -141,3 +179,17 @@ class OllamaBackend(HttpBackend):
         """Return the server's models, those loaded in memory, and its version."""
         loaded = {m.get("name") or m.get("model", "") for m in self.loaded_models(timeout)}
         return Probe(self.list_models(timeout), loaded, self.version(timeout))
+
+    def forward(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                stream: bool = False, read_timeout: float | None = None) -> requests.Response:
+        """Send a request to Ollama's native API as is; raise the error of a failed status."""
+        # For the routes passed through (show, pull, delete, ...): the caller reads
+        # the answer with answer_of or relay_chunks.
+        payload = None if body is None else orjson.dumps(body)
+        request = prepare(method, self.base_url + path, payload, self.headers)
+        # A stream (pull progress) may pause between lines; a whole pull may take long.
+        read = read_timeout or (self.timeouts.between_tokens if stream else self.timeouts.total)
+        response = send(self.session, request, stream=stream,
+                        timeout=(self.timeouts.connect, read))
+        raise_for_status(response)
+        return response

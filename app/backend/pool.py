@@ -143,6 +143,11 @@ class BackendPool:
         order = {n: (i - turn) % count for i, n in enumerate(serving)}
         return sorted(serving, key=lambda n: (model not in n.loaded, n.in_flight, order[n]))
 
+    def nodes_of(self, kind: str) -> list[Node]:
+        """Return the backends of one kind ('ollama', 'openai') whose circuit is closed."""
+        now = time.monotonic()
+        return [n for n in self.nodes if n.backend.kind == kind and now >= n.open_until]
+
     def acquire(self, model: str, exclude: Iterable[Node], deadline: float,
                 gone: Callable[[], bool]) -> Node | None:
         """Take a slot on the best backend for ``model``, queueing when all are full.

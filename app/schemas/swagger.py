@@ -13,7 +13,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
-from app.schemas import inference, openai, status
+from app.schemas import inference, ollama, openai, status
 
 DOCUMENTED: tuple[type[Schema], ...] = (
     inference.GenerateRequest, inference.ChatRequest, inference.GenerateResponse,
@@ -21,6 +21,10 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     status.ModelList, status.ModelInfo, status.HealthBody, status.ReadyBody,
     openai.ChatCompletionRequest, openai.CompletionRequest, openai.EmbeddingRequest,
     openai.OpenAICompletion, openai.OpenAIEmbeddingList, openai.OpenAIErrorResponse,
+    ollama.OllamaGenerateRequest, ollama.OllamaChatRequest, ollama.OllamaEmbedRequest,
+    ollama.OllamaModelRequest, ollama.OllamaCopyRequest, ollama.OllamaGenerateResponse,
+    ollama.OllamaChatResponse, ollama.OllamaEmbedResponse, ollama.OllamaModels,
+    ollama.OllamaVersion, ollama.OllamaStatus, ollama.OllamaError,
 )
 
 

@@ -40,6 +40,7 @@ class Principal:
     rate_limit: str | None = None
     tokens_per_minute: int | None = None
     max_streams: int | None = None
+    admin: bool = False  # may manage models (Ollama's /api/pull, /api/delete, ...)
 
     def may_use(self, model: str) -> bool:
         """Return whether this key may run ``model`` (a bare name also allows ':latest')."""
@@ -58,13 +59,14 @@ class KeyEntry:
     rate_limit: str | None = None
     tokens_per_minute: int | None = None
     max_streams: int | None = None
+    admin: bool = False
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def principal(self) -> Principal:
         """Return the principal this entry authenticates."""
         return Principal(self.name, frozenset(self.models) if self.models else None,
-                         self.rate_limit, self.tokens_per_minute, self.max_streams)
+                         self.rate_limit, self.tokens_per_minute, self.max_streams, self.admin)
 
 
 def read_key_file(path: str) -> list[KeyEntry]:

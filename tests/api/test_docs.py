@@ -15,6 +15,9 @@ ROUTES = {
     "/v1/chat/stream": "post", "/v1/models": "get", "/healthz": "get", "/readyz": "get",
     "/metrics": "get", "/v1/chat/completions": "post", "/v1/completions": "post",
     "/v1/embeddings": "post", "/v1/models/{model_id}": "get",
+    **{f"/api/{name}": "post" for name in ("generate", "chat", "embed", "show", "pull", "push",
+                                            "create", "copy")},
+    **{f"/api/{name}": "get" for name in ("tags", "ps", "version")}, "/api/delete": "delete",
 }
 
 
