@@ -6,8 +6,8 @@ from flask import Response
 from flask_restx import Namespace, Resource
 
 from app.api.common import json_response, schema_model
-from app.schemas.inference import ErrorResponse
 from app.errors import ModelNotFound
+from app.schemas.inference import ErrorResponse
 from app.schemas.status import ModelInfo, ModelList
 from app.state import gateway
 
