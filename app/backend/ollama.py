@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import requests
 
+from app.backend.adapter import Adapter
 from app.backend.base import (
     Completion,
     Embeddings,
@@ -16,15 +17,12 @@ from app.backend.base import (
     Timeouts,
     TokenStream,
     Usage,
-    call_timeout,
     parse_object,
 )
 from app.backend.http import (
-    HttpBackend,
     abort_response,
     prepare,
     raise_for_status,
-    read_json,
     send,
     translate_errors,
 )
@@ -116,22 +114,19 @@ def model_info(entry: dict[str, Any]) -> dict[str, Any]:
             "details": details}
 
 
-class OllamaBackend(HttpBackend):
+class OllamaBackend(Adapter):
     """Call one Ollama server over a pooled, per-process requests Session."""
 
     kind = "ollama"
 
     def __init__(self, base_url: str, *, timeouts: Timeouts, pool_size: int) -> None:
-        super().__init__(base_url, pool_size=pool_size)
-        self.timeouts = timeouts
+        super().__init__(base_url, timeouts=timeouts, pool_size=pool_size)
 
     def complete(self, kind: str, request: dict[str, Any],
                  deadline: float | None = None) -> Completion:
         """Run one generation to its end and return it whole."""
-        deadline = deadline or self.timeouts.deadline()
-        response = self.post(ENDPOINTS[kind], build_payload(kind, request, False), stream=False,
-                             timeout=call_timeout(self.timeouts, deadline, self.timeouts.total))
-        data = read_json(response, ENDPOINTS[kind])
+        data = self.post_whole(ENDPOINTS[kind], build_payload(kind, request, False), deadline,
+                               self.timeouts.total)
         if not isinstance(data, dict) or "error" in data:
             message = data.get("error") if isinstance(data, dict) else "not a JSON object"
             raise BackendError(f"The model backend failed: {message}")
@@ -141,20 +136,14 @@ class OllamaBackend(HttpBackend):
     def stream(self, kind: str, request: dict[str, Any],
                deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller must close the returned stream."""
-        deadline = deadline or self.timeouts.deadline()
-        response = self.post(ENDPOINTS[kind], build_payload(kind, request, True), stream=True,
-                             timeout=call_timeout(self.timeouts, deadline,
-                                                  self.timeouts.first_token))
-        return TokenStream(response, request["model"], decode_line, self.timeouts, deadline)
+        return self.post_stream(ENDPOINTS[kind], build_payload(kind, request, True), decode_line,
+                                request["model"], deadline)
 
     def embed(self, model: str, inputs: list[str],
               deadline: float | None = None) -> Embeddings:
         """Return the embedding of each input (Ollama's /api/embed)."""
-        deadline = deadline or self.timeouts.deadline()
-        response = self.post("/api/embed", {"model": model, "input": inputs}, stream=False,
-                             timeout=call_timeout(self.timeouts, deadline,
-                                                  self.timeouts.first_token))
-        data = read_json(response, "/api/embed")
+        data = self.post_whole("/api/embed", {"model": model, "input": inputs}, deadline,
+                               self.timeouts.first_token)
         vectors = data.get("embeddings") if isinstance(data, dict) else None
         if not isinstance(vectors, list) or len(vectors) != len(inputs):
             raise BackendError("The model backend answered /api/embed without the embeddings.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.backend.adapter import Adapter
 from app.backend.base import (
     Completion,
     Embeddings,
@@ -11,10 +12,8 @@ from app.backend.base import (
     Timeouts,
     TokenStream,
     Usage,
-    call_timeout,
     parse_object,
 )
-from app.backend.http import HttpBackend, read_json
 from app.errors import BackendError
 
 ENDPOINTS = {"generate": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -83,7 +82,7 @@ class StreamDecoder:
         return text
 
 
-class OpenAIBackend(HttpBackend):
+class OpenAIBackend(Adapter):
     """Call one OpenAI-compatible server; ``base_url`` with or without its ``/v1``."""
 
     kind = "openai"
@@ -91,17 +90,14 @@ class OpenAIBackend(HttpBackend):
     def __init__(self, base_url: str, *, timeouts: Timeouts, pool_size: int,
                  api_key: str = "") -> None:
         base_url = base_url.rstrip("/").removesuffix("/v1")
-        super().__init__(base_url, pool_size=pool_size,
+        super().__init__(base_url, timeouts=timeouts, pool_size=pool_size,
                          headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
-        self.timeouts = timeouts
 
     def complete(self, kind: str, request: dict[str, Any],
                  deadline: float | None = None) -> Completion:
         """Run one generation to its end and return it whole."""
-        deadline = deadline or self.timeouts.deadline()
-        response = self.post(ENDPOINTS[kind], build_payload(kind, request, False), stream=False,
-                             timeout=call_timeout(self.timeouts, deadline, self.timeouts.total))
-        data = read_json(response, ENDPOINTS[kind])
+        data = self.post_whole(ENDPOINTS[kind], build_payload(kind, request, False), deadline,
+                               self.timeouts.total)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not choices or not isinstance(choices, list):
             raise BackendError("The model backend answered without a choice.")
@@ -113,21 +109,14 @@ class OpenAIBackend(HttpBackend):
     def stream(self, kind: str, request: dict[str, Any],
                deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller must close the returned stream."""
-        deadline = deadline or self.timeouts.deadline()
-        response = self.post(ENDPOINTS[kind], build_payload(kind, request, True), stream=True,
-                             timeout=call_timeout(self.timeouts, deadline,
-                                                  self.timeouts.first_token))
-        return TokenStream(response, request["model"], StreamDecoder(), self.timeouts,
-                           deadline)
+        return self.post_stream(ENDPOINTS[kind], build_payload(kind, request, True),
+                                StreamDecoder(), request["model"], deadline)
 
     def embed(self, model: str, inputs: list[str],
               deadline: float | None = None) -> Embeddings:
         """Return the embedding of each input (/v1/embeddings)."""
-        deadline = deadline or self.timeouts.deadline()
-        response = self.post("/v1/embeddings", {"model": model, "input": inputs}, stream=False,
-                             timeout=call_timeout(self.timeouts, deadline,
-                                                  self.timeouts.first_token))
-        data = read_json(response, "/v1/embeddings")
+        data = self.post_whole("/v1/embeddings", {"model": model, "input": inputs}, deadline,
+                               self.timeouts.first_token)
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list) or len(items) != len(inputs):
             raise BackendError("The model backend answered /v1/embeddings without the "
