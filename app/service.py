@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import time
 from collections.abc import Callable
@@ -31,11 +30,17 @@ def client_watch() -> Callable[[], bool]:
         return never_gone
 
     def gone() -> bool:
+        # Peek through a duplicate, non-blocking handle: the connection's own
+        # socket belongs to the greenlet serving it, and waiting on it here
+        # would collide with that greenlet (and select() fails past fd 1024).
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            # Readable with nothing to read: the client closed its end.
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as probe:
+                probe.setblocking(False)
+                # Nothing to read and not readable: still there. Closed: b"".
+                return probe.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
             return True
 
     return gone

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
+from flask import Flask
 
 from app.backend import BackendPool, Completion, Router, Timeouts, Usage
 from app.backend.base import Probe
+from app.backend.router import never_gone
 from app.errors import BackendUnavailable
 from app.security.keys import Principal
-from app.service import InferenceService
+from app.service import InferenceService, client_watch
 
 
 class StubBackend:
@@ -73,3 +76,20 @@ def test_readiness(down: bool) -> None:
     assert statuses[0]["kind"] == "ollama"
     assert ("error" in statuses[0]) is down
     assert statuses[0]["models"] == ([] if down else ["llama3.2", "llama3.2:latest"])
+
+
+def test_client_watch_sees_a_closed_client_without_reading_its_data() -> None:
+    ours, client = socket.socketpair()
+    with Flask(__name__).test_request_context(environ_base={"gunicorn.sock": ours}):
+        gone = client_watch()
+    assert gone() is False  # open, nothing sent
+    client.sendall(b"GET / HTTP/1.1\r\n")
+    assert gone() is False and ours.recv(100) == b"GET / HTTP/1.1\r\n"  # peeked, not eaten
+    client.close()
+    assert gone() is True
+    ours.close()
+    assert gone() is True  # a socket already closed on our side counts as gone
+
+
+def test_without_a_server_socket_the_client_is_always_there() -> None:
+    assert client_watch() is never_gone
