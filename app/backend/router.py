@@ -57,7 +57,7 @@ class Router:
     """Serve requests from a pool of backends with failover and health tracking."""
 
     def __init__(self, pool: BackendPool, *, timeouts: Timeouts, max_attempts: int = 3,
-                 probe_timeout: float = 2.0) -> None:
+                 probe_timeout: float = 5.0) -> None:
         self.pool = pool
         self.timeouts = timeouts
         self.max_attempts = max_attempts
