@@ -109,8 +109,10 @@ class Node:
 
 @dataclass(eq=False)
 class Waiter:
-    """A request queued for a slot on one of ``nodes``."""
+    """A request for ``model`` queued for a slot on one of ``nodes``."""
 
+    model: str
+    exclude: list[Node]
     nodes: list[Node]
     event: threading.Event = field(default_factory=threading.Event)
     node: Node | None = None  # the node whose slot was handed over
@@ -154,27 +156,36 @@ class BackendPool:
 
         Returns None when no backend is left to try.
         """
+        exclude = list(exclude)
         with self._lock:
-            nodes = self.candidates(model, list(exclude))
+            nodes = self.candidates(model, exclude)
             if not nodes:
                 return None
-            for node in nodes:
-                if not self.max_concurrency or node.in_flight < self.max_concurrency:
-                    node.in_flight += 1
-                    return node
+            node = self._take_room(nodes)
+            if node is not None:
+                return node
             if len(self._queue) >= self.queue_size:
                 raise self.busy(f"every backend serving '{model}' is at capacity and "
                                 f"{self.queue_size} requests are already queued")
-            waiter = Waiter(nodes)
+            waiter = Waiter(model, exclude, nodes)
             self._queue.append(waiter)
-        return self._wait(waiter, model, min(deadline, time.monotonic() + self.queue_timeout),
-                          gone)
+        return self._wait(waiter, min(deadline, time.monotonic() + self.queue_timeout), gone)
 
-    def _wait(self, waiter: Waiter, model: str, until: float,
-              gone: Callable[[], bool]) -> Node:
+    def _take_room(self, nodes: list[Node]) -> Node | None:
+        """Take a slot on the first of ``nodes`` with room; the caller holds the lock."""
+        for node in nodes:
+            if not self.max_concurrency or node.in_flight < self.max_concurrency:
+                node.in_flight += 1
+                return node
+        return None
+
+    def _wait(self, waiter: Waiter, until: float, gone: Callable[[], bool]) -> Node:
         """Wait for a slot handed over by ``release``; leave the queue on timeout or exit."""
         left = False
         while not waiter.event.wait(max(0.0, min(QUEUE_POLL_SECONDS, until - time.monotonic()))):
+            node = self._take_late(waiter)
+            if node is not None:
+                return node
             left = gone()
             if left or time.monotonic() >= until:
                 break
@@ -184,8 +195,18 @@ class BackendPool:
             self._queue.remove(waiter)
         if left:
             raise ClientLeft()
-        raise self.busy(f"no backend serving '{model}' had room within "
+        raise self.busy(f"no backend serving '{waiter.model}' had room within "
                         f"{self.queue_timeout:g} s")
+
+    def _take_late(self, waiter: Waiter) -> Node | None:
+        """Take room no release handed over: a backend whose circuit has closed again."""
+        with self._lock:
+            if waiter.node is not None:
+                return waiter.node
+            node = self._take_room(self.candidates(waiter.model, waiter.exclude))
+            if node is not None:
+                self._queue.remove(waiter)
+            return node
 
     def busy(self, why: str) -> BackendBusy:
         """Return the 503 for a request that found no room."""

@@ -276,6 +276,20 @@ def test_a_freed_slot_on_an_open_circuit_is_not_handed_over() -> None:
     assert isinstance(waiter.result(), BackendBusy)
 
 
+def test_a_waiter_takes_a_backend_whose_circuit_closed_again() -> None:
+    pool = make_pool("a", "b", max_concurrency=1, breaker_failures=1, breaker_cooldown=60)
+    a, b = pool.nodes
+    pool.failed(b, "backend_unavailable", "refused")  # b: no traffic
+    assert take(pool) is a  # a: full
+    waiter = start(pool, 1)
+    time.sleep(0.05)
+    assert waiter.is_alive()
+    pool.probed(b, Probe([{"id": "m"}], set()))  # b answers its probe: circuit closed
+    assert waiter.result() is b  # within a queue poll, though no slot was released
+    assert waiter.took < 4 * pool_module.QUEUE_POLL_SECONDS and not pool._queue
+    assert (a.in_flight, b.in_flight) == (1, 1)
+
+
 @pytest.mark.parametrize("queue_size", [0, 2], ids=["no-queue", "queue-of-2"])
 def test_full_queue_is_busy_at_once(queue_size: int) -> None:
     pool = make_pool("a", max_concurrency=1, queue_size=queue_size, queue_timeout=30)
