@@ -4,40 +4,27 @@ Start it with ``gunicorn -c gunicorn.conf.py wsgi:app``.
 """
 
 import glob
-import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 
-import gevent
-from gunicorn.workers import ggevent
+# Only the settings, the log formatter and the worker class: none of them
+# imports Flask or requests, which must not load in the master before gevent
+# has patched each worker.
+from flask_inference_gateway.observability.jsonlog import JsonFormatter
+from flask_inference_gateway.settings import Settings
 
-
-def _load(name, relative_path):
-    """Load one standard-library-only module of the app by its path."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), *relative_path.split("/"))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# Modules are loaded by path: importing the app package here would import Flask
-# and requests into the master, before gevent has patched the workers.
-_settings = _load("gateway_config", "app/config.py").load_config()
-_jsonlog = _load("gateway_jsonlog", "app/observability/jsonlog.py")
+_settings = Settings.from_environ()
 
 # Where to listen, e.g. 0.0.0.0:8080 (GATEWAY_BIND).
-bind = _settings["GATEWAY_BIND"]
+bind = _settings.bind
 
 # One worker per core is enough: the work is I/O-bound (GATEWAY_WORKERS).
-workers = _settings["GATEWAY_WORKERS"]
+workers = _settings.workers
 
 # Concurrent connections per worker (GATEWAY_WORKER_CONNECTIONS); the backend
 # connection pool is sized to match.
-worker_connections = _settings["GATEWAY_WORKER_CONNECTIONS"]
+worker_connections = _settings.worker_connections
 
 # Never preload: the app must be created after gevent patches each worker, so
 # its sockets and connection pool are cooperative and not shared across forks.
@@ -48,22 +35,22 @@ preload_app = False
 timeout = 30
 
 # After SIGTERM, let in-flight requests and streams finish for this long.
-graceful_timeout = _settings["GATEWAY_GRACEFUL_TIMEOUT"]
+graceful_timeout = _settings.graceful_timeout
 
-# Streams still open this many seconds before graceful_timeout are ended with
-# an SSE error event (type shutting_down), so no client sees a silent cut.
-drain_margin = min(2.0, graceful_timeout / 4)
+# Streams still open shortly before graceful_timeout (a quarter of it, at most
+# 2 s) are ended with an error event (type shutting_down), so no client sees
+# a silent cut.
 
 # Log level of gunicorn's own messages (GATEWAY_LOG_LEVEL); errors go to stderr.
-loglevel = _settings["GATEWAY_LOG_LEVEL"]
+loglevel = _settings.log_level
 errorlog = "-"
 
 # gunicorn's own lines in the gateway's format (GATEWAY_LOG_FORMAT=json|text).
-if _settings["GATEWAY_LOG_FORMAT"] == "json":
+if _settings.log_format == "json":
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": _jsonlog.JsonFormatter}},
+        "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                                 "stream": "ext://sys.stderr"}},
         "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["stderr"],
@@ -110,69 +97,11 @@ control_socket_disable = True
 # Large enough for a burst of new connections while workers are busy.
 backlog = 2048
 
-# Connections a worker accepts per turn of its event loop. Gunicorn's gevent
-# workers accept one at a time when there are several workers; under load an
-# event-loop turn takes tens of milliseconds, so a burst of new clients waited
-# seconds in the listen queue (stream-1000 benchmark: TTFT p99 8.7 s at 1,
-# 0.9 s at 16). 16 keeps the burst short and still spreads it over workers.
-accept_batch = 16
-
 # Idle keep-alive connections are closed after this many seconds, so clients
 # that connect and say nothing cannot hold a worker's connection slots.
 keepalive = 5
 
-
-class BatchAcceptServer(ggevent.PyWSGIServer):
-    """gevent's WSGI server, accepting ``accept_batch`` connections per loop turn."""
-
-    def set_max_accept(self):
-        self.max_accept = accept_batch
-
-
-class IdleTimeoutHandler(ggevent.PyWSGIHandler):
-    """gevent's WSGI handler, closing a connection idle for ``keepalive`` seconds."""
-
-    def read_requestline(self):
-        with gevent.Timeout(keepalive, False):
-            return super().read_requestline()
-        return None
-
-    def log_request(self):
-        # The gateway writes its own access line (app.access); gunicorn's would
-        # cost about 6% of a request's CPU whenever a log config is set.
-        pass
-
-
-class GatewayWorker(ggevent.GeventPyWSGIWorker):
-    """Gunicorn's gevent worker on gevent's own WSGI server (pywsgi).
-
-    pywsgi parses requests and writes chunks with less Python work than
-    gunicorn's own parser: about 25% more requests per second on the same
-    cores (json-fast benchmark: 1,800 vs 1,450 rps).
-    """
-
-    server_class = BatchAcceptServer
-    wsgi_handler = IdleTimeoutHandler
-
-    def handle_exit(self, sig, frame):
-        """Drain on SIGTERM: stop accepting, and end streams still open at the deadline."""
-        super().handle_exit(sig, frame)
-        gevent.spawn(self._end_streams_before_kill)
-
-    def _end_streams_before_kill(self):
-        # Streams still running this close to graceful_timeout would be cut by
-        # the master's SIGKILL: end them with an SSE error event instead, and
-        # stop their generations upstream.
-        gevent.sleep(max(0.0, graceful_timeout - drain_margin))
-        from app.backend.base import interrupt_all
-        from app.errors import ShuttingDown
-
-        ended = interrupt_all(ShuttingDown("The gateway is shutting down and ended this stream; "
-                                           "retry the request."))
-        if ended:
-            self.log.warning("graceful timeout: ended %d stream(s) with an error event", ended)
-
-
 # gevent: each connection is a greenlet, so one worker holds thousands of
-# streams waiting on the GPU without a thread each.
-worker_class = GatewayWorker
+# streams waiting on the GPU without a thread each. The class batches accepts,
+# closes idle connections and drains streams on SIGTERM (see its module).
+worker_class = "flask_inference_gateway.worker.GatewayWorker"

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from flask import Flask
-
 from app.security.keys import hash_key
+from flask import Flask
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from app.config import SETTINGS, ConfigError, coerce, load_config, markdown_table
 
 from app import create_app
-from app.config import SETTINGS, ConfigError, coerce, load_config, markdown_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

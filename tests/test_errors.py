@@ -6,6 +6,7 @@ import logging
 
 import orjson
 import pytest
+from app.errors import GatewayError, as_gateway_error, handle_error
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -17,7 +18,6 @@ from werkzeug.exceptions import (
 )
 
 from app import errors
-from app.errors import GatewayError, as_gateway_error, handle_error
 
 
 def all_error_classes() -> list[type[GatewayError]]:

@@ -6,14 +6,13 @@ import socket
 from typing import Any
 
 import pytest
-from flask import Flask
-
 from app.backend import BackendPool, Completion, Router, Timeouts, Usage
 from app.backend.base import Probe
 from app.backend.router import never_gone
 from app.errors import BackendUnavailable
 from app.security.keys import Principal
 from app.service import InferenceService, client_watch
+from flask import Flask
 
 
 class StubBackend:

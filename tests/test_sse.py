@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from app.backend import Usage
 from app.errors import BackendStreamBroken
 from app.sse import PING, encode_pieces, sse_events, sse_response
+
 from tests.sse import COMMENT, parse_sse
 
 

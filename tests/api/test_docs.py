@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from app.schemas.swagger import definitions
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
-
-from app.schemas.swagger import definitions
 
 ROUTES = {
     "/v1/generate": "post", "/v1/generate/stream": "post", "/v1/chat": "post",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from app.observability.metrics import LATENCY_BUCKETS, TTFT_BUCKETS
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
+from app.api.openai_wire import finish_reason
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import InferenceGateway, errors
-from app.api.openai_wire import finish_reason
 from tests.conftest import TEST_KEY
 from tests.fake_ollama import FakeOllama, vector
 from tests.fake_openai import FakeOpenAI

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import requests
 import websocket
+from app.api import websocket as ws_module
+from app.security.keys import KeyEntry, hash_key, write_key_file
 from flask import Flask
 from werkzeug.serving import make_server
 
 from app import InferenceGateway
-from app.api import websocket as ws_module
-from app.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY
 from tests.fake_ollama import FakeOllama
 from tests.ws import (

@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from app.backend import OllamaBackend, Timeouts, TokenStream
 from app.backend import base as base_module
 from app.backend.base import call_timeout, interrupt_all, parse_object
 from app.backend.ollama import decode_line
 from app.errors import BackendError, BackendStreamBroken, BackendTimeout, ShuttingDown
+
 from tests.fake_ollama import FakeOllama
 
 FINAL = b'{"done":true,"done_reason":"stop","eval_count":2}\n'

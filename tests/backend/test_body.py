@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from app.backend import OllamaBackend, Timeouts
 from app.backend.body import ChunkedDecoder
 from app.errors import BackendStreamBroken, BackendTimeout
+
 from tests.fake_ollama import FakeOllama
 
 ENCODED = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"

@@ -6,8 +6,6 @@ import inspect
 
 import pytest
 import requests
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
-
 from app.backend.http import error_for_status, map_exception, upstream_message
 from app.errors import (
     BackendBusy,
@@ -18,6 +16,7 @@ from app.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 REQUESTS_EXCEPTIONS = sorted(
     (cls for _, cls in inspect.getmembers(requests.exceptions, inspect.isclass)

@@ -10,7 +10,6 @@ import orjson
 import pytest
 import requests
 import responses
-
 from app.backend import OllamaBackend, Timeouts, TokenStream
 from app.backend.ollama import build_payload, created_at, decode_line, model_info
 from app.errors import (
@@ -22,6 +21,7 @@ from app.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
+
 from tests.conftest import MOCK_URL
 
 TIMEOUTS = Timeouts(connect=1.5, first_token=30.0, between_tokens=20.0, total=600.0)

@@ -10,7 +10,6 @@ import orjson
 import pytest
 import requests
 import responses
-
 from app.backend import OpenAIBackend, Timeouts
 from app.backend.openai import build_payload
 from app.errors import (
@@ -22,6 +21,7 @@ from app.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
+
 from tests.fake_ollama import MODEL_ERROR_MSG
 from tests.fake_openai import FakeOpenAI
 

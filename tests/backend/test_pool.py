@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from app.backend import BackendPool, Timeouts
 from app.backend import pool as pool_module
 from app.backend.base import Probe

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
-
 from app.backend import BackendPool, Completion, OllamaBackend, Router, Timeouts, Usage
 from app.backend.base import Probe
 from app.errors import (
@@ -23,6 +21,8 @@ from app.errors import (
     ModelNotFound,
     NoBackendAvailable,
 )
+from prometheus_client import REGISTRY
+
 from tests.conftest import free_port
 from tests.fake_ollama import FakeOllama
 

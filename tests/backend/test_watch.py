@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-
 from app.backend import watch
 from app.backend.watch import ClientWatch, track_connection
 

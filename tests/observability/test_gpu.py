@@ -7,11 +7,11 @@ import types
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
-
 from app.backend import OllamaBackend, Timeouts
 from app.observability import gpu
 from app.observability.metrics import BACKEND_UP
+from prometheus_client import REGISTRY
+
 from tests.fake_ollama import FakeOllama
 
 

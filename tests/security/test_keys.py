@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from app.security import keys
 from app.security.keys import (
     KeyEntry,

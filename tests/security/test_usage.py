@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from app.errors import LimitsUnavailable, RateLimited
 from app.security.keys import Principal
 from app.security.usage import MemoryCounters, UsageLedger

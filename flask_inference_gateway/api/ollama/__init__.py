@@ -1,0 +1,1 @@
+"""Ollama's API under /api: generate, chat, embed, model lists and model management."""

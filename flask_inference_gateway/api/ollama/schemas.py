@@ -1,0 +1,279 @@
+"""Request and response bodies of the Ollama-compatible API (/api/*), in Ollama's names.
+
+Ollama fields the gateway cannot honour on every backend (``format``,
+``images``, ``tools``, ``raw``, ``template``, ``context``, ``suffix``,
+``think``, ...) are accepted only with their neutral value (absent, null,
+``false``, ``""``, ``[]``, ``{}``, ``0``); any other value is refused with a
+400 that names the field. So are options other than the six the gateway
+translates. ``keep_alive`` (a memory hint) and ``truncate`` are accepted and
+ignored. Unknown fields are refused, as on the gateway's own routes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import (
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from flask_inference_gateway.api.fields import ROLES, Number, describe, options_from
+from flask_inference_gateway.core.types import (
+    EmbeddingRequest,
+    GenerationRequest,
+    Message,
+    Op,
+)
+
+NOT_SUPPORTED = "Not supported by this gateway; leave it out."
+OPTIONS = ("num_predict", "temperature", "top_p", "top_k", "stop", "seed")
+
+
+def unsupported(what: str) -> fields.Raw:
+    """Return a field that is accepted only with a neutral (falsy) value."""
+
+    def check(value: Any) -> None:
+        if value:
+            raise ValidationError(NOT_SUPPORTED)
+
+    return fields.Raw(allow_none=True, validate=check,
+                      metadata=describe(f"{what}: not supported, only a neutral value."))
+
+
+def check_num_predict(value: int) -> None:
+    """Refuse a num_predict that is neither positive nor Ollama's -1 / -2 (no limit)."""
+    if value < 1 and value not in (-1, -2):
+        raise ValidationError("Must be at least 1, or -1 for no limit.")
+
+
+class OllamaOptions(Schema):
+    """The sampling options the gateway translates (Ollama's ``options``)."""
+
+    error_messages = {  # marshmallow merges it into its default messages
+        "unknown": f"Not supported by this gateway; supported options: {', '.join(OPTIONS)}."}
+
+    num_predict = fields.Integer(strict=True, validate=check_num_predict, metadata=describe(
+        "Most tokens to generate (-1: up to GATEWAY_MAX_TOKENS).", 128))
+    temperature = Number(validate=validate.Range(min=0, max=2))
+    top_p = Number(validate=validate.Range(min=0, max=1))
+    top_k = fields.Integer(strict=True, validate=validate.Range(min=1))
+    stop = fields.List(fields.String(validate=validate.Length(min=1)),
+                       validate=validate.Length(max=16))
+    seed = fields.Integer(strict=True)
+
+
+class OllamaRequest(Schema):
+    """What /api/generate and /api/chat share."""
+
+    model = fields.String(validate=validate.Length(min=1, max=256), metadata=describe(
+        "Model to run; default GATEWAY_DEFAULT_MODEL.", "llama3.2"))
+    stream = fields.Boolean(load_default=True, metadata=describe(
+        "Stream NDJSON lines (the default), or answer with one JSON object."))
+    options = fields.Nested(OllamaOptions, allow_none=True)
+    keep_alive = fields.Raw(allow_none=True, metadata=describe("Accepted and ignored."))
+    format = unsupported("Structured output")
+    op = Op.GENERATE  # what a loaded body asks for
+
+    def __init__(self, *, max_tokens_limit: int = 4096, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_tokens_limit = max_tokens_limit
+
+    def max_tokens(self, options: dict[str, Any]) -> int:
+        """Return the gateway's max_tokens for num_predict (absent or -1: the limit)."""
+        wanted = options.get("num_predict")
+        if wanted is None or wanted < 0:  # Ollama: -1 no limit, -2 fill the context
+            return self.max_tokens_limit
+        if wanted > self.max_tokens_limit:
+            raise ValidationError({"options": {"num_predict": [
+                f"Must be at most {self.max_tokens_limit} (GATEWAY_MAX_TOKENS)."]}})
+        return wanted
+
+    @post_load
+    def to_request(self, data: dict[str, Any], **_kwargs: Any) -> GenerationRequest:
+        """Return the loaded body as the gateway's request."""
+        options = data.get("options") or {}
+        sampling = options_from(options, self.max_tokens(options))
+        messages = tuple(Message(m["role"], m["content"]) for m in data.get("messages", ()))
+        return GenerationRequest(self.op, sampling, model=data.get("model") or "",
+                                 prompt=data.get("prompt", ""), system=data.get("system"),
+                                 messages=messages, stream=data["stream"],
+                                 keep_alive=data.get("keep_alive"))
+    think = unsupported("Thinking")
+    logprobs = unsupported("Log probabilities")
+    top_logprobs = unsupported("Log probabilities")
+
+
+class OllamaGenerateRequest(OllamaRequest):
+    """Body of POST /api/generate."""
+
+    prompt = fields.String(load_default="", metadata=describe(
+        "The text to continue; empty: only load the model.", "Why is the sky blue?"))
+    system = fields.String(allow_none=True, metadata=describe("System prompt."))
+    suffix = unsupported("Fill-in-the-middle")
+    template = unsupported("Prompt templates")
+    context = unsupported("Context tokens")
+    raw = unsupported("Raw prompts")
+    images = unsupported("Images")
+    width = unsupported("Image generation")
+    height = unsupported("Image generation")
+    steps = unsupported("Image generation")
+
+
+class OllamaMessage(Schema):
+    """One message of an Ollama conversation."""
+
+    role = fields.String(required=True, validate=validate.OneOf(ROLES),
+                         metadata=describe("Who wrote it.", "user"))
+    content = fields.String(load_default="", metadata=describe("The message text.", "Hello!"))
+    images = unsupported("Images")
+    tool_calls = unsupported("Tool calls")
+    tool_name = unsupported("Tool results")
+    thinking = unsupported("Thinking")
+
+
+class OllamaChatRequest(OllamaRequest):
+    """Body of POST /api/chat."""
+
+    op = Op.CHAT
+    messages = fields.List(fields.Nested(OllamaMessage), load_default=list, metadata=describe(
+        "The conversation so far, oldest first; empty: only load the model."))
+    tools = unsupported("Tools")
+
+
+class TextOrList(fields.Field):
+    """A string or a non-empty list of strings, loaded as a list."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        raise ValidationError("Must be a string or a non-empty list of strings.")
+
+
+class OllamaEmbedRequest(Schema):
+    """Body of POST /api/embed."""
+
+    model = fields.String(validate=validate.Length(min=1, max=256), metadata=describe(
+        "Embedding model; default GATEWAY_DEFAULT_MODEL.", "all-minilm"))
+    input = TextOrList(required=True, metadata=describe("Text or texts to embed."))
+    truncate = fields.Boolean(allow_none=True, metadata=describe("Accepted and ignored."))
+    keep_alive = fields.Raw(allow_none=True, metadata=describe("Accepted and ignored."))
+    options = unsupported("Options")
+    dimensions = unsupported("Dimensions")
+
+    @post_load
+    def to_request(self, data: dict[str, Any], **_kwargs: Any) -> EmbeddingRequest:
+        """Return the loaded body as the gateway's request."""
+        return EmbeddingRequest(tuple(data["input"]), model=data.get("model") or "")
+
+
+class OllamaModelRequest(Schema):
+    """Body of /api/show, /api/pull, /api/push, /api/delete and /api/create: passed on as is."""
+
+    class Meta:
+        unknown = INCLUDE  # the backend validates what it is given
+
+    model = fields.String(validate=validate.Length(min=1), metadata=describe(
+        "The model.", "llama3.2"))
+    name = fields.String(validate=validate.Length(min=1), metadata=describe(
+        "The model (Ollama's older name for 'model')."))
+    stream = fields.Boolean(allow_none=True, metadata=describe(
+        "pull, push, create: stream progress lines (the default)."))
+
+    @validates_schema
+    def require_model(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        """Refuse a body that names no model."""
+        if not data.get("model") and not data.get("name"):
+            raise ValidationError("Missing data for required field.", "model")
+
+
+class OllamaCopyRequest(Schema):
+    """Body of POST /api/copy."""
+
+    source = fields.String(required=True, validate=validate.Length(min=1))
+    destination = fields.String(required=True, validate=validate.Length(min=1))
+
+
+class OllamaFinal(Schema):
+    """Fields of the last line (or the whole answer) of a generation."""
+
+    model = fields.String(required=True)
+    created_at = fields.String(required=True, metadata=describe("RFC 3339 time."))
+    done = fields.Boolean(required=True)
+    done_reason = fields.String(metadata=describe("stop, length; load when only loading."))
+    total_duration = fields.Integer(metadata=describe("Nanoseconds, measured by the gateway."))
+    load_duration = fields.Integer(metadata=describe("Always 0."))
+    prompt_eval_count = fields.Integer()
+    prompt_eval_duration = fields.Integer(metadata=describe("Nanoseconds to the first token."))
+    eval_count = fields.Integer()
+    eval_duration = fields.Integer(metadata=describe("Nanoseconds from the first token."))
+
+
+class OllamaGenerateResponse(OllamaFinal):
+    """One NDJSON line of /api/generate, or its whole answer."""
+
+    response = fields.String(required=True)
+
+
+class OllamaChatResponse(OllamaFinal):
+    """One NDJSON line of /api/chat, or its whole answer."""
+
+    message = fields.Dict(required=True, metadata=describe(
+        "The assistant's message (or its next piece).", {"role": "assistant", "content": "Hi"}))
+
+
+class OllamaEmbedResponse(Schema):
+    """Answer of POST /api/embed."""
+
+    model = fields.String(required=True)
+    embeddings = fields.List(fields.List(fields.Float()), required=True)
+    total_duration = fields.Integer()
+    load_duration = fields.Integer()
+    prompt_eval_count = fields.Integer()
+
+
+class OllamaModel(Schema):
+    """One entry of /api/tags or /api/ps."""
+
+    name = fields.String(required=True)
+    model = fields.String(required=True)
+    modified_at = fields.String()
+    size = fields.Integer()
+    digest = fields.String()
+    details = fields.Dict()
+    expires_at = fields.String(metadata=describe("/api/ps only."))
+    size_vram = fields.Integer(metadata=describe("/api/ps only."))
+
+
+class OllamaModels(Schema):
+    """Answer of GET /api/tags and /api/ps."""
+
+    models = fields.List(fields.Nested(OllamaModel), required=True)
+
+
+class OllamaVersion(Schema):
+    """Answer of GET /api/version."""
+
+    version = fields.String(required=True, metadata=describe("An Ollama backend's version."))
+
+
+class OllamaStatus(Schema):
+    """A progress line of pull, push or create, or their whole answer."""
+
+    status = fields.String(required=True, metadata=describe("Progress, then 'success'."))
+    digest = fields.String()
+    total = fields.Integer()
+    completed = fields.Integer()
+
+
+class OllamaError(Schema):
+    """Every error of the Ollama-compatible API (and a failure mid-stream, as a line)."""
+
+    error = fields.String(required=True, metadata=describe("What went wrong."))

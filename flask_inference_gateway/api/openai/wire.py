@@ -1,0 +1,123 @@
+"""OpenAI's wire format: whole answers, stream chunks, embeddings, finish reasons."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any
+
+import orjson
+
+from flask_inference_gateway.api.common import new_id
+from flask_inference_gateway.api.openai import errors
+from flask_inference_gateway.api.relay import PING, event
+from flask_inference_gateway.core.errors import GatewayError
+from flask_inference_gateway.core.types import Completion, Embeddings, Op
+from flask_inference_gateway.upstream.stream import TokenStream
+
+dumps = orjson.dumps
+DONE = b"data: [DONE]\n\n"
+OBJECTS = {Op.CHAT: "chat.completion", Op.GENERATE: "text_completion"}
+CHUNK_OBJECTS = {Op.CHAT: "chat.completion.chunk", Op.GENERATE: "text_completion"}
+ID_PREFIXES = {Op.CHAT: "chatcmpl", Op.GENERATE: "cmpl"}
+# What OpenAI clients know; anything else a backend says (Ollama: "load", "unload",
+# or none at all) ended the generation normally.
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
+
+
+def finish_reason(done_reason: str | None) -> str:
+    """Return OpenAI's finish_reason for a backend's done_reason."""
+    return done_reason if done_reason in FINISH_REASONS else "stop"
+
+
+def choice(op: Op, text: str, reason: str | None, *, delta: bool = False) -> dict[str, Any]:
+    """Return the one choice of an answer or chunk: a chat message (or delta), or text."""
+    if op is Op.CHAT:
+        body: dict[str, Any] = {"delta" if delta else "message": (
+            {"content": text} if delta else {"role": "assistant", "content": text})}
+    else:
+        body = {"text": text}
+    return {"index": 0, **body, "logprobs": None, "finish_reason": reason}
+
+
+def completion_body(op: Op, completion: Completion) -> dict[str, Any]:
+    """Return a whole chat.completion or text_completion object."""
+    return {"id": new_id(ID_PREFIXES[op]), "object": OBJECTS[op],
+            "created": int(time.time()), "model": completion.model,
+            "choices": [choice(op, completion.text, finish_reason(completion.done_reason))],
+            "usage": completion.usage.to_dict()}
+
+
+def encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    """Return a vector as floats, or as base64 of little-endian float32s (the SDK's default)."""
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def embedding_body(embeddings: Embeddings, encoding: str) -> dict[str, Any]:
+    """Return the answer of /v1/embeddings."""
+    tokens = embeddings.prompt_tokens
+    return {"object": "list", "model": embeddings.model,
+            "data": [{"object": "embedding", "index": index,
+                      "embedding": encode_vector(vector, encoding)}
+                     for index, vector in enumerate(embeddings.vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class OpenAIChunks:
+    """Encode one stream as OpenAI's SSE chunks (a relay ``Encoder``).
+
+    Chat opens with a chunk carrying the assistant's role; each piece is a
+    chunk; the last chunk carries the finish_reason; with ``include_usage`` a
+    chunk with empty choices and the usage follows (and every other chunk has
+    ``"usage": null``, as OpenAI sends it); ``data: [DONE]`` ends the stream,
+    after an error too (as vLLM does).
+    """
+
+    ping = PING
+
+    def __init__(self, op: Op, model: str, include_usage: bool) -> None:
+        self.op = op
+        self.include_usage = include_usage
+        self.opened = op is not Op.CHAT
+        self.envelope = {"id": new_id(ID_PREFIXES[op]), "object": CHUNK_OBJECTS[op],
+                         "created": int(time.time()), "model": model}
+        # Per piece, one dumps of the piece between bytes made once per stream.
+        usage = b',"usage":null' if include_usage else b""
+        opening = b'"delta":{"content":' if op is Op.CHAT else b'"text":'
+        self.head = b"data: " + dumps(self.envelope)[:-1] + b',"choices":[{"index":0,' + opening
+        self.tail = (b"}" if op is Op.CHAT else b"") + (
+            b',"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n")
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        """Encode one chunk around ``choices``."""
+        if self.include_usage:
+            extra.setdefault("usage", None)
+        return event({**self.envelope, "choices": choices, **extra})
+
+    def opening(self) -> bytes:
+        """Return the chat's role chunk the first time, then nothing."""
+        if self.opened:
+            return b""
+        self.opened = True
+        return self.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None, "finish_reason": None}])
+
+    def pieces(self, pieces: list[str]) -> bytes:
+        """Encode pieces that arrived together as one write of chunks."""
+        head, tail = self.head, self.tail
+        return self.opening() + b"".join([head + dumps(piece) + tail for piece in pieces])
+
+    def done(self, stream: TokenStream) -> bytes:
+        """Encode the finish chunk, the usage chunk if asked for, and [DONE]."""
+        last = choice(self.op, "", finish_reason(stream.done_reason), delta=True)
+        if self.op is Op.CHAT:
+            last["delta"] = {}
+        usage = self.chunk([], usage=stream.usage.to_dict()) if self.include_usage else b""
+        return self.opening() + self.chunk([last]) + usage + DONE
+
+    def error(self, error: GatewayError) -> bytes:
+        """Encode ``data: {"error": {...}}`` in OpenAI's shape, then [DONE]."""
+        return event(errors.body(error)) + DONE

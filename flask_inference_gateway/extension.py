@@ -1,0 +1,191 @@
+"""InferenceGateway: the Flask extension that mounts the gateway on an app."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Blueprint, Flask, Response, request
+from flask_cors import CORS
+
+from flask_inference_gateway.api import (
+    create_blueprint,
+    keep_errors_inside,
+    records,
+    serve_swagger_assets,
+)
+from flask_inference_gateway.api.auth import identify, is_public, rate_limit_key, require_key
+from flask_inference_gateway.api.errors import handle_error
+from flask_inference_gateway.api.state import EXTENSION_KEY, GatewayState
+from flask_inference_gateway.cli import keys_cli
+from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.observability import metrics
+from flask_inference_gateway.observability.gpu import Poller, backend_poll
+from flask_inference_gateway.routing.pool import Backend, BackendPool
+from flask_inference_gateway.routing.router import Router
+from flask_inference_gateway.security.keys import KeyStore
+from flask_inference_gateway.security.limits import build_limiter
+from flask_inference_gateway.security.usage import MemoryCounters, RedisCounters, UsageLedger
+from flask_inference_gateway.service import InferenceService
+from flask_inference_gateway.settings import ConfigError, Settings
+from flask_inference_gateway.upstream.ollama import OllamaBackend
+from flask_inference_gateway.upstream.openai import OpenAIBackend
+
+log = logging.getLogger(__name__)
+
+
+def build_ledger(settings: Settings) -> UsageLedger | None:
+    """Return the token-budget and stream-cap ledger, or None when limits are off."""
+    if settings.rate_limit_disabled:
+        return None
+    url = settings.redis_url
+    counters = RedisCounters(url, settings.redis_timeout) if url else MemoryCounters()
+    if not url and settings.workers > 1:
+        log.warning("GATEWAY_REDIS_URL is not set: rate limits, token budgets and stream caps "
+                    "are counted per worker (%d workers), not for the whole gateway",
+                    settings.workers)
+    return UsageLedger(counters, tokens_per_minute=settings.tokens_per_minute,
+                       max_streams=settings.max_streams,
+                       fail_open=settings.redis_fail_open)
+
+
+def build_backends(settings: Settings) -> list[Backend]:
+    """Create one adapter per configured Ollama and OpenAI-compatible server."""
+    timeouts = Timeouts(connect=settings.connect_timeout,
+                        first_token=settings.first_token_timeout,
+                        between_tokens=settings.read_timeout,
+                        total=settings.total_timeout)
+    pool_size = settings.worker_connections
+    backends: list[Backend] = [OllamaBackend(url, timeouts=timeouts, pool_size=pool_size)
+                               for url in settings.ollama_url]
+    backends += [OpenAIBackend(url, timeouts=timeouts, pool_size=pool_size,
+                               api_key=settings.openai_api_key)
+                 for url in settings.openai_url]
+    if not backends:
+        raise ConfigError("No backend: set GATEWAY_OLLAMA_URL or GATEWAY_OPENAI_URL.")
+    return backends
+
+
+def build_router(settings: Settings) -> Router:
+    """Create the backend pool and the router that fails over between its backends."""
+    backends = build_backends(settings)
+    cap = settings.backend_max_concurrency
+    # Each worker admits its share of a backend's slots, so all workers together
+    # keep within the cap without talking to each other.
+    per_worker = math.ceil(cap / settings.workers) if cap else 0
+    pool = BackendPool(backends, max_concurrency=per_worker,
+                       queue_size=settings.queue_size,
+                       queue_timeout=settings.queue_timeout,
+                       breaker_failures=settings.breaker_failures,
+                       breaker_cooldown=settings.breaker_cooldown)
+    return Router(pool, timeouts=backends[0].timeouts, max_attempts=settings.max_attempts)
+
+
+def residency_poll(backends: list[Backend]) -> Callable[[], None]:
+    """Return one poll of the GPU gauges and each Ollama server's loaded models."""
+    polls = [backend_poll(b.base_url, b.loaded_models, metrics.BACKEND_UP)
+             for b in backends if isinstance(b, OllamaBackend)]
+
+    def poll() -> None:
+        for one in polls:
+            one()
+
+    return poll
+
+
+def build_state(settings: Settings) -> GatewayState:
+    """Create the router, service, key store and pollers that one gateway uses."""
+    router = build_router(settings)
+    service = InferenceService(router, default_model=settings.default_model,
+                               models_cache_seconds=settings.models_cache_seconds,
+                               ledger=build_ledger(settings),
+                               log_prompts=settings.log_prompts)
+    keys = None if settings.auth_disabled else KeyStore(
+        settings.api_keys, settings.api_keys_file)
+    backends = [node.backend for node in router.pool.nodes]
+    pollers = (Poller(residency_poll(backends), settings.poll_seconds),
+               Poller(router.probe_all, settings.probe_seconds, exclusive=False))
+    return GatewayState(settings=settings, service=service, keys=keys, pollers=pollers)
+
+
+def guard(blueprint: Blueprint, app: Flask, state: GatewayState) -> None:
+    """Attach request records, authentication, rate limits and CORS to the gateway's routes."""
+    # First in, last out: every request, refused or not, gets its record.
+    blueprint.before_request(records.begin)
+    blueprint.after_request(records.end)
+    blueprint.teardown_request(records.detach)
+    for poller in state.pollers:
+        blueprint.before_request(poller.ensure_started)
+    settings = state.settings
+    if not settings.auth_disabled:
+        blueprint.before_request(require_key)
+    if not settings.rate_limit_disabled:
+        build_limiter(settings, blueprint, key_func=rate_limit_key, identify=identify,
+                      exempt_when=is_public).init_app(app)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        CORS(blueprint, origins=origins, expose_headers=["Retry-After", "X-RateLimit-Limit",
+                                                         "X-RateLimit-Remaining",
+                                                         "X-RateLimit-Reset"])
+
+
+def claim_app(app: Flask) -> None:
+    """Answer and record every request of ``app``, routed to the gateway or not."""
+    # Routes outside the gateway's blueprint (unknown paths) answer in its shape.
+    app.register_error_handler(Exception, handle_error)
+    # Requests that match no route (404, 405) never reach the blueprint's hooks:
+    # record them at the app level so they are logged and counted as well.
+    app.before_request(record_unrouted)
+    app.after_request(finish_unrouted)
+    app.teardown_request(records.detach)
+
+
+def record_unrouted() -> None:
+    """Open the record of a request that matched no gateway route."""
+    if request.blueprint is None:
+        records.begin()
+
+
+def finish_unrouted(response: Response) -> Response:
+    """Finish the record of a request that matched no gateway route."""
+    return records.end(response) if request.blueprint is None else response
+
+
+class InferenceGateway:
+    """Mount the gateway's routes, docs and error handling on a Flask app.
+
+    ``InferenceGateway(app)`` or ``gateway.init_app(app, url_prefix="/ai")``.
+    Settings are the app's ``GATEWAY_*`` config keys, then ``config``'s
+    (see docs/configuration.md); the extension reads nothing else. A host
+    that built its ``Settings`` already passes ``settings`` instead.
+    """
+
+    def __init__(self, app: Flask | None = None, *, config: Mapping[str, Any] | None = None,
+                 url_prefix: str = "", settings: Settings | None = None) -> None:
+        self.overrides = dict(config or {})
+        self.url_prefix = url_prefix
+        self.settings = settings
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, url_prefix: str | None = None, *,
+                 whole_app: bool = False) -> None:
+        """Attach the gateway to ``app``, under ``url_prefix`` when given.
+
+        ``whole_app``: the gateway owns the app, and answers its unknown paths too.
+        """
+        settings = self.settings or Settings.from_mapping({**app.config, **self.overrides})
+        state = build_state(settings)
+        app.extensions[EXTENSION_KEY] = state
+        prefix = self.url_prefix if url_prefix is None else url_prefix
+        blueprint = create_blueprint(url_prefix=prefix)
+        guard(blueprint, app, state)
+        if prefix:
+            keep_errors_inside(blueprint)
+            serve_swagger_assets(app, prefix)
+        app.register_blueprint(blueprint)
+        if whole_app:
+            claim_app(app)
+        app.cli.add_command(keys_cli)

@@ -1,0 +1,1 @@
+"""Which backend serves a request: the pool (choice, health, admission), the router (failover)."""

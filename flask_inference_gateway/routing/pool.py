@@ -1,0 +1,272 @@
+"""Several backends as one: which may serve a model, health, and admission control.
+
+Routing rule, for a request naming model M:
+
+1. Candidates are the backends whose circuit is closed (or whose cool-down
+   has passed) and that list M (Ollama's /api/tags, OpenAI's /v1/models).
+   When none lists it (lists not probed yet, or the model is new), every
+   healthy backend is a candidate and the backend's own 404 decides.
+2. Backends that have M in memory (Ollama's /api/ps; every model of an
+   OpenAI-compatible server) come first, so models are not swapped in and
+   out of VRAM.
+3. Among those, fewest requests in flight from this worker; ties rotate.
+
+Admission: a backend takes at most ``max_concurrency`` requests at once
+(0: no cap). Requests over the cap wait in one FIFO queue, bounded in length
+and in time, and take the first freed slot of a backend that serves their
+model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flask_inference_gateway.core.errors import (
+    BackendBusy,
+    ClientLeft,
+    GatewayError,
+    NoBackendAvailable,
+)
+from flask_inference_gateway.core.types import (
+    Completion,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    Probe,
+    Timeouts,
+)
+from flask_inference_gateway.upstream.stream import TokenStream
+
+log = logging.getLogger(__name__)
+
+QUEUE_POLL_SECONDS = 0.25  # how often a queued request checks that its client is still there
+
+
+class Backend(Protocol):
+    """What routing needs of an upstream adapter (OllamaBackend, OpenAIBackend)."""
+
+    kind: str
+    base_url: str
+    timeouts: Timeouts
+
+    def complete(self, request: GenerationRequest,
+                 deadline: float | None = None) -> Completion: ...
+
+    def stream(self, request: GenerationRequest,
+               deadline: float | None = None) -> TokenStream: ...
+
+    def embed(self, request: EmbeddingRequest,
+              deadline: float | None = None) -> Embeddings: ...
+
+    def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
+
+    def probe(self, timeout: float) -> Probe: ...
+
+
+def aliases(name: str) -> set[str]:
+    """Return the names a model answers to: Ollama's 'llama3.2:latest' is also 'llama3.2'."""
+    return {name, name.removesuffix(":latest")}
+
+
+@dataclass(eq=False)
+class Node:
+    """One backend and what this worker knows of it."""
+
+    backend: Backend
+    in_flight: int = 0
+    failures: int = 0  # consecutive
+    open_until: float = 0.0  # circuit open (no traffic) until this time.monotonic()
+    models: frozenset[str] | None = None  # None: not known yet
+    loaded: frozenset[str] = frozenset()
+    model_list: list[dict[str, Any]] = field(default_factory=list)
+    version: str = ""
+    last_error: str | None = None
+
+    @property
+    def url(self) -> str:
+        """Return the backend's base URL."""
+        return self.backend.base_url
+
+    def serves(self, model: str) -> bool | None:
+        """Return whether the backend lists ``model`` (None: its list is not known)."""
+        return None if self.models is None else model in self.models
+
+    def learn(self, probe: Probe) -> None:
+        """Take the models and residency a probe found."""
+        self.model_list = probe.models
+        self.models = frozenset(a for m in probe.models for a in aliases(m["id"]))
+        self.loaded = frozenset(a for name in probe.loaded for a in aliases(name))
+        self.version = probe.version or self.version
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Return this backend's state for /readyz."""
+        state = "open" if now < self.open_until else "closed"
+        body: dict[str, Any] = {"url": self.url, "kind": self.backend.kind,
+                                "ok": state == "closed" and self.failures == 0,
+                                "circuit": state, "in_flight": self.in_flight,
+                                "models": sorted(self.models or ()),
+                                "loaded": sorted(self.loaded)}
+        if self.version:
+            body["version"] = self.version
+        if self.last_error:
+            body["error"] = self.last_error
+        return body
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A request for ``model`` queued for a slot on one of ``nodes``."""
+
+    model: str
+    exclude: list[Node]
+    nodes: list[Node]
+    event: threading.Event = field(default_factory=threading.Event)
+    node: Node | None = None  # the node whose slot was handed over
+
+
+class BackendPool:
+    """Choose a backend per request; track health; admit requests within capacity."""
+
+    def __init__(self, backends: Iterable[Backend], *, max_concurrency: int = 0,
+                 queue_size: int = 100, queue_timeout: float = 30.0,
+                 breaker_failures: int = 3, breaker_cooldown: float = 10.0) -> None:
+        self.nodes = [Node(backend) for backend in backends]
+        self.max_concurrency = max_concurrency
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.breaker_failures = breaker_failures
+        self.breaker_cooldown = breaker_cooldown
+        self._lock = threading.Lock()
+        self._queue: deque[Waiter] = deque()
+        self._turn = itertools.count()
+
+    def candidates(self, model: str, exclude: Iterable[Node] = ()) -> list[Node]:
+        """Return the backends that may serve ``model`` now, best first."""
+        now = time.monotonic()
+        usable = [n for n in self.nodes if now >= n.open_until and n not in exclude]
+        serving = [n for n in usable if n.serves(model)] or usable
+        if len(serving) < 2:
+            return serving
+        turn, count = next(self._turn), len(serving)
+        order = {n: (i - turn) % count for i, n in enumerate(serving)}
+        return sorted(serving, key=lambda n: (model not in n.loaded, n.in_flight, order[n]))
+
+    def nodes_of(self, kind: str) -> list[Node]:
+        """Return the backends of one kind ('ollama', 'openai') whose circuit is closed."""
+        now = time.monotonic()
+        return [n for n in self.nodes if n.backend.kind == kind and now >= n.open_until]
+
+    def acquire(self, model: str, exclude: Iterable[Node], deadline: float,
+                gone: Callable[[], bool]) -> Node | None:
+        """Take a slot on the best backend for ``model``, queueing when all are full.
+
+        Returns None when no backend is left to try.
+        """
+        exclude = list(exclude)
+        with self._lock:
+            nodes = self.candidates(model, exclude)
+            if not nodes:
+                return None
+            node = self._take_room(nodes)
+            if node is not None:
+                return node
+            if len(self._queue) >= self.queue_size:
+                raise self.busy(f"every backend serving '{model}' is at capacity and "
+                                f"{self.queue_size} requests are already queued")
+            waiter = Waiter(model, exclude, nodes)
+            self._queue.append(waiter)
+        return self._wait(waiter, min(deadline, time.monotonic() + self.queue_timeout), gone)
+
+    def _take_room(self, nodes: list[Node]) -> Node | None:
+        """Take a slot on the first of ``nodes`` with room; the caller holds the lock."""
+        for node in nodes:
+            if not self.max_concurrency or node.in_flight < self.max_concurrency:
+                node.in_flight += 1
+                return node
+        return None
+
+    def _wait(self, waiter: Waiter, until: float, gone: Callable[[], bool]) -> Node:
+        """Wait for a slot handed over by ``release``; leave the queue on timeout or exit."""
+        left = False
+        while not waiter.event.wait(max(0.0, min(QUEUE_POLL_SECONDS, until - time.monotonic()))):
+            node = self._take_late(waiter)
+            if node is not None:
+                return node
+            left = gone()
+            if left or time.monotonic() >= until:
+                break
+        with self._lock:
+            if waiter.node is not None:
+                return waiter.node
+            self._queue.remove(waiter)
+        if left:
+            raise ClientLeft()
+        raise self.busy(f"no backend serving '{waiter.model}' had room within "
+                        f"{self.queue_timeout:g} s")
+
+    def _take_late(self, waiter: Waiter) -> Node | None:
+        """Take room no release handed over: a backend whose circuit has closed again."""
+        with self._lock:
+            if waiter.node is not None:
+                return waiter.node
+            node = self._take_room(self.candidates(waiter.model, waiter.exclude))
+            if node is not None:
+                self._queue.remove(waiter)
+            return node
+
+    def busy(self, why: str) -> BackendBusy:
+        """Return the 503 for a request that found no room."""
+        return BackendBusy(f"The model backends are busy: {why}; retry after the time in "
+                           "Retry-After.", headers={"Retry-After": "1"})
+
+    def release(self, node: Node) -> None:
+        """Free a slot on ``node``: hand it to the first queued request it can serve."""
+        with self._lock:
+            for waiter in self._queue:
+                if node in waiter.nodes and time.monotonic() >= node.open_until:
+                    self._queue.remove(waiter)
+                    waiter.node = node
+                    waiter.event.set()
+                    return
+            node.in_flight -= 1
+
+    def unavailable(self, model: str) -> GatewayError:
+        """Return the error for a request that found every backend's circuit open."""
+        now = time.monotonic()
+        soonest = min((n.open_until for n in self.nodes), default=now)
+        wait = max(1, round(soonest - now))
+        return NoBackendAvailable(f"No backend can serve '{model}' now: every one failed "
+                                  f"recently and is cooling down for up to {wait} s.",
+                                  headers={"Retry-After": str(wait)})
+
+    def succeeded(self, node: Node, model: str) -> None:
+        """Close ``node``'s circuit; it now holds ``model`` in memory."""
+        if node.failures or node.open_until:
+            log.info("backend %s is healthy again", node.url)
+        node.failures, node.open_until, node.last_error = 0, 0.0, None
+        if model not in node.loaded:
+            node.loaded = node.loaded | aliases(model)
+
+    def failed(self, node: Node, error_type: str, message: str) -> None:
+        """Count a failure of ``node``; open its circuit after too many in a row."""
+        node.failures += 1
+        node.last_error = message
+        if node.failures >= self.breaker_failures:
+            if time.monotonic() >= node.open_until:
+                log.warning("backend %s failed %d times in a row (%s); no traffic for %g s",
+                            node.url, node.failures, error_type, self.breaker_cooldown)
+            node.open_until = time.monotonic() + self.breaker_cooldown
+
+    def probed(self, node: Node, probe: Probe) -> None:
+        """Record a successful health probe: fresh model lists, circuit closed."""
+        node.learn(probe)
+        if node.failures or node.open_until:
+            log.info("backend %s answers its probe again", node.url)
+        node.failures, node.open_until, node.last_error = 0, 0.0, None

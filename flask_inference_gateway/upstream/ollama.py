@@ -1,0 +1,201 @@
+"""The Ollama adapter: gateway requests in, Ollama's native API out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+import requests
+
+from flask_inference_gateway.core.errors import BackendError
+from flask_inference_gateway.core.types import (
+    Completion,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    Op,
+    Probe,
+    Timeouts,
+    Usage,
+)
+from flask_inference_gateway.upstream.client import BackendClient
+from flask_inference_gateway.upstream.http import (
+    abort_response,
+    prepare,
+    raise_for_status,
+    send,
+    translate_errors,
+)
+from flask_inference_gateway.upstream.stream import TokenStream, parse_object
+
+# Gateway option name -> Ollama option name.
+OPTION_NAMES = {"max_tokens": "num_predict", "temperature": "temperature", "top_p": "top_p",
+                "top_k": "top_k", "stop": "stop", "seed": "seed"}
+ENDPOINTS = {Op.GENERATE: "/api/generate", Op.CHAT: "/api/chat"}
+
+
+def usage_of(data: dict[str, Any]) -> Usage:
+    """Return the token counts in Ollama's final object."""
+    return Usage(prompt_tokens=data.get("prompt_eval_count") or 0,
+                 completion_tokens=data.get("eval_count") or 0)
+
+
+def text_of(data: dict[str, Any]) -> str:
+    """Return the generated text of a /api/generate or /api/chat object."""
+    if "message" in data:
+        return (data["message"] or {}).get("content") or ""
+    return data.get("response") or ""
+
+
+def decode_line(stream: TokenStream, line: bytes) -> str | None:
+    """Return the piece in one streamed NDJSON line; record the usage on the final one."""
+    data = parse_object(line)
+    if data.get("done"):
+        stream.finish(data.get("done_reason"), usage_of(data))
+    return text_of(data)
+
+
+def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
+    """Translate a gateway request into an Ollama request body."""
+    options = {OPTION_NAMES[name]: value for name, value in request.options.items()}
+    payload: dict[str, Any] = {"model": request.model, "stream": stream, "options": options}
+    if request.op is Op.CHAT:
+        payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    else:
+        payload["prompt"] = request.prompt
+        if request.system:
+            payload["system"] = request.system
+    return payload
+
+
+class ByteStream:
+    """A forwarded answer's body as it arrives (pull progress); close it to stop it upstream."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        self._finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        with translate_errors():
+            yield from self._response.iter_content(chunk_size=None)
+        self._finished = True
+
+    def close(self) -> None:
+        """Release the answer; abort it upstream if it was not read to its end."""
+        if self._finished:
+            self._response.close()
+        else:  # the client left (or the read failed): the backend stops its work too
+            abort_response(self._response)
+
+
+def answer_of(response: requests.Response) -> Any:
+    """Return a forwarded answer's JSON body; None when it has none (delete, copy)."""
+    with translate_errors():
+        body = response.content
+    if not body.strip():
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BackendError("The model backend's answer is not JSON.") from exc
+
+
+def created_at(modified_at: str | None) -> int:
+    """Return Ollama's RFC 3339 ``modified_at`` as Unix time (0 when unreadable)."""
+    try:
+        return int(datetime.fromisoformat(modified_at or "").timestamp())
+    except ValueError:
+        return 0
+
+
+def model_info(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return one /api/tags entry as an OpenAI-style model object."""
+    details = dict(entry.get("details") or {})
+    for key in ("size", "digest", "modified_at"):
+        if key in entry:
+            details[key] = entry[key]
+    return {"id": entry.get("name") or entry.get("model", ""), "object": "model",
+            "created": created_at(entry.get("modified_at")), "owned_by": "ollama",
+            "details": details}
+
+
+class OllamaBackend(BackendClient):
+    """Call one Ollama server over a pooled, per-process requests Session."""
+
+    kind = "ollama"
+
+    def __init__(self, base_url: str, *, timeouts: Timeouts, pool_size: int) -> None:
+        super().__init__(base_url, timeouts=timeouts, pool_size=pool_size)
+
+    def complete(self, request: GenerationRequest,
+                 deadline: float | None = None) -> Completion:
+        """Run one generation to its end and return it whole."""
+        data = self.post_whole(ENDPOINTS[request.op], build_payload(request, False), deadline,
+                               self.timeouts.total)
+        if not isinstance(data, dict) or "error" in data:
+            message = data.get("error") if isinstance(data, dict) else "not a JSON object"
+            raise BackendError(f"The model backend failed: {message}")
+        return Completion(model=data.get("model") or request.model, text=text_of(data),
+                          done_reason=data.get("done_reason"), usage=usage_of(data))
+
+    def stream(self, request: GenerationRequest, deadline: float | None = None) -> TokenStream:
+        """Start a streamed generation; the caller owns (closes) the returned stream."""
+        return self.post_stream(ENDPOINTS[request.op], build_payload(request, True),
+                                decode_line, request.model, deadline)
+
+    def embed(self, request: EmbeddingRequest, deadline: float | None = None) -> Embeddings:
+        """Return the embedding of each input (Ollama's /api/embed)."""
+        inputs = list(request.inputs)
+        data = self.post_whole("/api/embed", {"model": request.model, "input": inputs},
+                               deadline, self.timeouts.first_token)
+        vectors = data.get("embeddings") if isinstance(data, dict) else None
+        if not isinstance(vectors, list) or len(vectors) != len(inputs):
+            raise BackendError("The model backend answered /api/embed without the embeddings.")
+        return Embeddings(data.get("model") or request.model, vectors,
+                          data.get("prompt_eval_count") or 0)
+
+    def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Return the server's models (from /api/tags) as OpenAI-style model objects."""
+        timeout = timeout or self.timeouts.first_token
+        body = self.get_json("/api/tags", (self.timeouts.connect, timeout))
+        return [model_info(m) for m in body.get("models") or []]
+
+    def loaded_models(self, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Return the models in the server's memory (Ollama's /api/ps entries)."""
+        return self.get_json("/api/ps", (self.timeouts.connect, timeout)).get("models") or []
+
+    def version(self, timeout: float) -> str:
+        """Return the server's version; a cheap readiness probe."""
+        return str(self.get_json("/api/version", (timeout, timeout)).get("version", ""))
+
+    def probe(self, timeout: float) -> Probe:
+        """Return the server's models, those loaded in memory, and its version."""
+        loaded = {m.get("name") or m.get("model", "") for m in self.loaded_models(timeout)}
+        return Probe(self.list_models(timeout), loaded, self.version(timeout))
+
+    def _forward(self, method: str, path: str, body: dict[str, Any] | None, *,
+                 stream: bool, read_timeout: float) -> requests.Response:
+        """Send a request to Ollama's native API as is; raise the error of a failed status."""
+        payload = None if body is None else orjson.dumps(body)
+        request = prepare(method, self.base_url + path, payload, self.headers)
+        response = send(self.session, request, stream=stream,
+                        timeout=(self.timeouts.connect, read_timeout))
+        raise_for_status(response)
+        return response
+
+    def forward_json(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                     read_timeout: float | None = None) -> Any:
+        """Forward a request (show, copy, delete, a whole pull) and return its JSON answer."""
+        # A whole pull may take long.
+        response = self._forward(method, path, body, stream=False,
+                                 read_timeout=read_timeout or self.timeouts.total)
+        return answer_of(response)
+
+    def forward_stream(self, method: str, path: str,
+                       body: dict[str, Any] | None = None) -> ByteStream:
+        """Forward a request whose answer streams (pull progress); the caller closes it."""
+        # Progress may pause between lines as long as tokens may.
+        return ByteStream(self._forward(method, path, body, stream=True,
+                                        read_timeout=self.timeouts.between_tokens))

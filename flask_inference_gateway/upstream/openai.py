@@ -1,0 +1,140 @@
+"""The OpenAI-compatible adapter (vLLM, llama.cpp server, TGI): /v1/completions and friends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_inference_gateway.core.errors import BackendError
+from flask_inference_gateway.core.types import (
+    Completion,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    Op,
+    Probe,
+    Timeouts,
+    Usage,
+)
+from flask_inference_gateway.upstream.client import BackendClient
+from flask_inference_gateway.upstream.stream import TokenStream, parse_object
+
+ENDPOINTS = {Op.GENERATE: "/v1/completions", Op.CHAT: "/v1/chat/completions"}
+
+
+def usage_of(data: dict[str, Any] | None) -> Usage:
+    """Return the token counts of an OpenAI ``usage`` object."""
+    data = data or {}
+    return Usage(prompt_tokens=data.get("prompt_tokens") or 0,
+                 completion_tokens=data.get("completion_tokens") or 0)
+
+
+def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
+    """Translate a gateway request into an OpenAI request body."""
+    # Every gateway option has the same name here (top_k is an extension that
+    # vLLM and llama.cpp accept).
+    payload: dict[str, Any] = {"model": request.model, "stream": stream,
+                               **dict(request.options.items())}
+    if request.op is Op.CHAT:
+        payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    else:
+        # The completions API has no system prompt: it leads the prompt instead.
+        system = request.system
+        payload["prompt"] = f"{system}\n\n{request.prompt}" if system else request.prompt
+    if stream:
+        payload["stream_options"] = {"include_usage": True}
+    return payload
+
+
+def choice_text(choice: Any) -> str:
+    """Return the text of one choice: a chat message or delta, or a completion's text."""
+    if not isinstance(choice, dict):
+        raise BackendError("The model backend sent a choice that is not a JSON object.")
+    message = choice.get("message") or choice.get("delta")
+    if message is not None and not isinstance(message, dict):
+        raise BackendError("The model backend sent a message that is not a JSON object.")
+    if message is not None:
+        return message.get("content") or ""
+    return choice.get("text") or ""
+
+
+class StreamDecoder:
+    """Decode one stream's SSE lines: ``data: {chunk}`` ... ``data: [DONE]``."""
+
+    def __init__(self) -> None:
+        self.done_reason: str | None = None
+        self.usage = Usage()
+
+    def __call__(self, stream: TokenStream, line: bytes) -> str | None:
+        """Return the piece in one SSE line; finish the stream on ``[DONE]``."""
+        if not line.startswith(b"data:"):
+            return None  # comments, event names, ids
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            stream.finish(self.done_reason, self.usage)
+            return None
+        data = parse_object(payload)
+        if data.get("usage"):
+            self.usage = usage_of(data["usage"])
+        choices = data.get("choices") or []
+        if not choices:
+            return None
+        text = choice_text(choices[0])
+        self.done_reason = choices[0].get("finish_reason") or self.done_reason
+        return text
+
+
+class OpenAIBackend(BackendClient):
+    """Call one OpenAI-compatible server; ``base_url`` with or without its ``/v1``."""
+
+    kind = "openai"
+
+    def __init__(self, base_url: str, *, timeouts: Timeouts, pool_size: int,
+                 api_key: str = "") -> None:
+        base_url = base_url.rstrip("/").removesuffix("/v1")
+        super().__init__(base_url, timeouts=timeouts, pool_size=pool_size,
+                         headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
+
+    def complete(self, request: GenerationRequest,
+                 deadline: float | None = None) -> Completion:
+        """Run one generation to its end and return it whole."""
+        data = self.post_whole(ENDPOINTS[request.op], build_payload(request, False), deadline,
+                               self.timeouts.total)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices or not isinstance(choices, list):
+            raise BackendError("The model backend answered without a choice.")
+        text = choice_text(choices[0])
+        return Completion(model=data.get("model") or request.model, text=text,
+                          done_reason=choices[0].get("finish_reason"),
+                          usage=usage_of(data.get("usage")))
+
+    def stream(self, request: GenerationRequest, deadline: float | None = None) -> TokenStream:
+        """Start a streamed generation; the caller owns (closes) the returned stream."""
+        return self.post_stream(ENDPOINTS[request.op], build_payload(request, True),
+                                StreamDecoder(), request.model, deadline)
+
+    def embed(self, request: EmbeddingRequest, deadline: float | None = None) -> Embeddings:
+        """Return the embedding of each input (/v1/embeddings)."""
+        inputs = list(request.inputs)
+        data = self.post_whole("/v1/embeddings", {"model": request.model, "input": inputs},
+                               deadline, self.timeouts.first_token)
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list) or len(items) != len(inputs):
+            raise BackendError("The model backend answered /v1/embeddings without the "
+                               "embeddings.")
+        ordered = sorted(items, key=lambda item: item.get("index", 0))
+        return Embeddings(data.get("model") or request.model,
+                          [item["embedding"] for item in ordered],
+                          usage_of(data.get("usage")).prompt_tokens)
+
+    def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Return the server's models (from /v1/models)."""
+        timeout = timeout or self.timeouts.first_token
+        body = self.get_json("/v1/models", (self.timeouts.connect, timeout))
+        return [{"id": m.get("id", ""), "object": "model", "created": m.get("created") or 0,
+                 "owned_by": m.get("owned_by") or "openai", "details": {}}
+                for m in (body.get("data") if isinstance(body, dict) else None) or []]
+
+    def probe(self, timeout: float) -> Probe:
+        """Return the server's models; an OpenAI-compatible server has them all loaded."""
+        models = self.list_models(timeout)
+        return Probe(models, {m["id"] for m in models})
