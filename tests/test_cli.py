@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-from app.security.keys import hash_key
 from flask import Flask
+
+from flask_inference_gateway.security.keys import hash_key
 
 
 @pytest.fixture

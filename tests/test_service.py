@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
-from app.backend import BackendPool, Completion, Router, Timeouts, Usage
-from app.backend.base import Probe
-from app.backend.router import never_gone
-from app.errors import BackendUnavailable
-from app.security.keys import Principal
-from app.service import InferenceService, client_watch
-from flask import Flask
+
+from flask_inference_gateway.core.errors import BackendUnavailable
+from flask_inference_gateway.core.types import (
+    Completion,
+    GenerationRequest,
+    Op,
+    Options,
+    Probe,
+    Timeouts,
+    Usage,
+)
+from flask_inference_gateway.routing.pool import BackendPool
+from flask_inference_gateway.routing.router import Router
+from flask_inference_gateway.security.keys import Principal
+from flask_inference_gateway.service import InferenceService
 
 
 class StubBackend:
@@ -24,10 +31,10 @@ class StubBackend:
         self.calls: list[tuple[str, Any]] = []
         self.down = False
 
-    def complete(self, kind: str, request: dict[str, Any],
+    def complete(self, request: GenerationRequest,
                  deadline: float | None = None) -> Completion:
-        self.calls.append((kind, request))
-        return Completion(request["model"], "text", "stop", Usage(1, 1))
+        self.calls.append((request.op.value, request))
+        return Completion(request.model, "text", "stop", Usage(1, 1))
 
     def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
         self.calls.append(("tags", None))
@@ -51,9 +58,10 @@ def service(cache: float = 10.0) -> tuple[InferenceService, StubBackend]:
                          ids=["default", "explicit"])
 def test_default_model(request_model: str | None, sent: str) -> None:
     svc, backend = service()
-    request = {"prompt": "x", **({"model": request_model} if request_model else {})}
-    svc.complete("generate", request, Principal("tester"))
-    assert backend.calls[0][1]["model"] == sent
+    request = GenerationRequest(Op.GENERATE, Options(max_tokens=8), prompt="x",
+                                model=request_model or "")
+    svc.complete(request, Principal("tester"))
+    assert backend.calls[0][1].model == sent
 
 
 @pytest.mark.parametrize(("cache", "fetches"), [(10.0, 1), (0.0, 3)], ids=["cached", "off"])
@@ -75,20 +83,3 @@ def test_readiness(down: bool) -> None:
     assert statuses[0]["kind"] == "ollama"
     assert ("error" in statuses[0]) is down
     assert statuses[0]["models"] == ([] if down else ["llama3.2", "llama3.2:latest"])
-
-
-def test_client_watch_sees_a_closed_client_without_reading_its_data() -> None:
-    ours, client = socket.socketpair()
-    with Flask(__name__).test_request_context(environ_base={"gunicorn.sock": ours}):
-        gone = client_watch()
-    assert gone() is False  # open, nothing sent
-    client.sendall(b"GET / HTTP/1.1\r\n")
-    assert gone() is False and ours.recv(100) == b"GET / HTTP/1.1\r\n"  # peeked, not eaten
-    client.close()
-    assert gone() is True
-    ours.close()
-    assert gone() is True  # a socket already closed on our side counts as gone
-
-
-def test_without_a_server_socket_the_client_is_always_there() -> None:
-    assert client_watch() is never_gone

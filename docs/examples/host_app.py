@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import InferenceGateway
+from flask_inference_gateway import InferenceGateway
+from flask_inference_gateway.settings import environ_config
 
 gateway = InferenceGateway()
 
@@ -18,6 +19,9 @@ gateway = InferenceGateway()
 def create_host_app(config: dict | None = None) -> Flask:
     """Create the host app with its own routes, then mount the gateway under /ai."""
     host = Flask(__name__)
+    # The extension reads app.config only: this host takes GATEWAY_* settings
+    # from the environment, then from its own config.
+    host.config.from_mapping(environ_config())
     host.config.update(config or {})
 
     @host.get("/")

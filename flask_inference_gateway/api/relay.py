@@ -23,6 +23,7 @@ from flask import Response
 from flask_inference_gateway.api.records import current_record
 from flask_inference_gateway.core.errors import GatewayError
 from flask_inference_gateway.core.types import StreamOutcome
+from flask_inference_gateway.observability.record import RequestRecord
 from flask_inference_gateway.service import Generation
 from flask_inference_gateway.upstream.stream import TokenStream
 
@@ -57,11 +58,12 @@ class Encoder(Protocol):
 class Relay:
     """Write one opened stream to its client, and close it once, whatever happens."""
 
-    def __init__(self, generation: Generation, heartbeat: float) -> None:
+    def __init__(self, generation: Generation, heartbeat: float,
+                 record: RequestRecord | None = None) -> None:
         self.generation = generation
         self.stream = generation.stream
         self.heartbeat = heartbeat
-        self._record = current_record()  # the stream outlives the request context
+        self._record = record  # held here: the stream outlives the request context
         self._closed = False
 
     def batches(self) -> Iterator[list[str]]:
@@ -86,9 +88,9 @@ class Relay:
     def close(self) -> StreamOutcome:
         """Close the stream and settle it (once); note how it ended on the record."""
         outcome = self.generation.close()
-        if not self._closed:
-            self._closed = True
+        if not self._closed and self._record is not None:
             self._record.stream = outcome
+        self._closed = True
         return outcome
 
 
@@ -100,7 +102,7 @@ def stream_response(open_stream: Callable[[], Generation],
     ``encoder_for`` returns the dialect's encoder for the opened stream (whose
     ``model`` is the one the service chose).
     """
-    relay = Relay(open_stream(), heartbeat)
+    relay = Relay(open_stream(), heartbeat, current_record())
     # Not direct_passthrough: werkzeug would then hand the bare generator to the
     # server and skip the response's close callbacks below.
     response = Response(relay.encoded(encoder_for(relay.stream)), mimetype=mimetype,

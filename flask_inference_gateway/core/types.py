@@ -46,10 +46,12 @@ class Options:
     stop: tuple[str, ...] | None = None
     seed: int | None = None
 
-    def items(self) -> list[tuple[str, Any]]:
-        """Return the options that are set, as (gateway name, value) pairs."""
-        return [(name, value) for name in OPTION_NAMES
-                if (value := getattr(self, name)) is not None]
+    def to_dict(self) -> dict[str, Any]:
+        """Return the options that are set, by the gateway's names, as JSON values."""
+        values = {name: getattr(self, name) for name in OPTION_NAMES}
+        if self.stop is not None:
+            values["stop"] = list(self.stop)
+        return {name: value for name, value in values.items() if value is not None}
 
 
 OPTION_NAMES = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")

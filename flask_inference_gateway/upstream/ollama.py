@@ -59,7 +59,7 @@ def decode_line(stream: TokenStream, line: bytes) -> str | None:
 
 def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
     """Translate a gateway request into an Ollama request body."""
-    options = {OPTION_NAMES[name]: value for name, value in request.options.items()}
+    options = {OPTION_NAMES[name]: value for name, value in request.options.to_dict().items()}
     payload: dict[str, Any] = {"model": request.model, "stream": stream, "options": options}
     if request.op is Op.CHAT:
         payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]

@@ -33,7 +33,7 @@ def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
     # Every gateway option has the same name here (top_k is an extension that
     # vLLM and llama.cpp accept).
     payload: dict[str, Any] = {"model": request.model, "stream": stream,
-                               **dict(request.options.items())}
+                               **request.options.to_dict()}
     if request.op is Op.CHAT:
         payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
     else:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from app.schemas.swagger import definitions
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
+
+from flask_inference_gateway.api.swagger import definitions
 
 ROUTES = {
     "/v1/generate": "post", "/v1/generate/stream": "post", "/v1/chat": "post",

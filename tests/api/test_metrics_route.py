@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from app.observability.metrics import LATENCY_BUCKETS, TTFT_BUCKETS
+
+from flask_inference_gateway.observability.metrics import LATENCY_BUCKETS, TTFT_BUCKETS
 
 
 def test_metrics_page(make_app) -> None:

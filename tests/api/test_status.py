@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from app.schemas.status import HealthBody, ModelList, ReadyBody
 from flask.testing import FlaskClient
 
+from flask_inference_gateway.api.schemas import HealthBody, ModelList, ReadyBody
 from tests.conftest import free_port
 
 

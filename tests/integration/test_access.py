@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from app.security.keys import KeyEntry, hash_key, new_key, write_key_file
 
+from flask_inference_gateway.security.keys import KeyEntry, hash_key, new_key, write_key_file
 from tests.conftest import ROOT, GatewayProcess, free_port
 from tests.fake_ollama import FakeOllama
 from tests.integration.redis_server import AVAILABLE, RedisServer

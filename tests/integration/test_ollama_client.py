@@ -10,8 +10,8 @@ from typing import Any
 import ollama
 import pytest
 import requests
-from app.security.keys import KeyEntry, hash_key, write_key_file
 
+from flask_inference_gateway.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY, GatewayProcess, start_gateway
 from tests.fake_ollama import VERSION, FakeOllama
 from tests.fake_openai import FakeOpenAI

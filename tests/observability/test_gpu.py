@@ -7,11 +7,12 @@ import types
 from pathlib import Path
 
 import pytest
-from app.backend import OllamaBackend, Timeouts
-from app.observability import gpu
-from app.observability.metrics import BACKEND_UP
 from prometheus_client import REGISTRY
 
+from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.observability import gpu
+from flask_inference_gateway.observability.metrics import BACKEND_UP
+from flask_inference_gateway.upstream.ollama import OllamaBackend
 from tests.fake_ollama import FakeOllama
 
 

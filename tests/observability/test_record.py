@@ -96,11 +96,11 @@ def test_errors_carry_a_request_id(client) -> None:
 
 
 def access_lines(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "app.access"]
+    return [r for r in caplog.records if r.name == "flask_inference_gateway.access"]
 
 
 def test_one_access_line_per_request_without_the_prompt(client, caplog) -> None:
-    with caplog.at_level(logging.INFO, "app.access"):
+    with caplog.at_level(logging.INFO, "flask_inference_gateway.access"):
         send(client, "/v1/generate", json={"prompt": "secret words", "model": "sim"},
                     headers={"X-Request-ID": "req-1"})
         send(client, "/v1/chat/stream", json={
@@ -116,7 +116,7 @@ def test_one_access_line_per_request_without_the_prompt(client, caplog) -> None:
 
 
 def test_failures_say_why(client, caplog) -> None:
-    with caplog.at_level(logging.INFO, "app.access"):
+    with caplog.at_level(logging.INFO, "flask_inference_gateway.access"):
         send(client, "/v1/generate", json={"prompt": "[[sim:status=503]]"})
         send(client, "/v1/generate/stream", json={"prompt": "[[sim:die-after=2]]"})
     busy, broken = access_lines(caplog)
@@ -126,7 +126,7 @@ def test_failures_say_why(client, caplog) -> None:
 
 def test_prompts_logged_only_when_asked(make_client, caplog) -> None:
     client = make_client(GATEWAY_LOG_PROMPTS=True)
-    with caplog.at_level(logging.INFO, "app.access"):
+    with caplog.at_level(logging.INFO, "flask_inference_gateway.access"):
         send(client, "/v1/generate", json={"prompt": "visible words", "model": "sim"})
         send(client, "/v1/generate/stream", json={"prompt": "streamed", "model": "sim"})
     whole, streamed = access_lines(caplog)
@@ -135,9 +135,10 @@ def test_prompts_logged_only_when_asked(make_client, caplog) -> None:
 
 
 def test_json_log_format(make_client, capsys) -> None:
-    from app.observability.jsonlog import JsonFormatter
+    from flask_inference_gateway.observability.jsonlog import JsonFormatter
 
-    record = logging.LogRecord("app.access", logging.INFO, "", 0, "POST %s", ("/v1/x",), None)
+    record = logging.LogRecord("flask_inference_gateway.access", logging.INFO, "", 0,
+                               "POST %s", ("/v1/x",), None)
     record.request_id, record.status = "r1", 200
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "POST /v1/x" and line["request_id"] == "r1"

@@ -7,8 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from app.security import keys
-from app.security.keys import (
+
+from flask_inference_gateway.security import keys
+from flask_inference_gateway.security.keys import (
     KeyEntry,
     KeyStore,
     Principal,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from app.errors import LimitsUnavailable, RateLimited
-from app.security.keys import Principal
-from app.security.usage import MemoryCounters, UsageLedger
+
+from flask_inference_gateway.core.errors import LimitsUnavailable, RateLimited
+from flask_inference_gateway.security.keys import Principal
+from flask_inference_gateway.security.usage import MemoryCounters, UsageLedger
 
 ALICE = Principal("alice")
 
@@ -70,7 +71,7 @@ def test_stream_cap_and_release() -> None:
 
 def test_store_outage_fails_open_and_warns_once(caplog) -> None:
     down = ledger(tokens=10, streams=1, counters=BrokenCounters())
-    with caplog.at_level(logging.WARNING, "app.security.usage"):
+    with caplog.at_level(logging.WARNING, "flask_inference_gateway.security.usage"):
         for _ in range(5):
             down.check_tokens(ALICE)
             down.charge(ALICE, 100)
@@ -91,6 +92,6 @@ def test_recovery_is_logged(caplog) -> None:
     budget.counters = BrokenCounters()
     budget.check_tokens(ALICE)
     budget.counters = counters
-    with caplog.at_level(logging.WARNING, "app.security.usage"):
+    with caplog.at_level(logging.WARNING, "flask_inference_gateway.security.usage"):
         budget.check_tokens(ALICE)
     assert "reachable again" in caplog.text

@@ -96,7 +96,7 @@ def start(ws: Server, schema: type[GenerateRequest]) -> Relay:
     generation = load_data(schema_for(schema, max_tokens_limit=state.settings.max_tokens),
                            message)
     opened = state.service.stream(generation, principal, client_probe(request.environ))
-    return Relay(opened, state.settings.heartbeat_seconds)
+    return Relay(opened, state.settings.heartbeat_seconds, current_record())
 
 
 class Watcher:

@@ -2,7 +2,8 @@
 
 Loading a request returns the gateway's typed request (``GenerationRequest``
 or ``EmbeddingRequest``), with how to answer it (``stream``, usage, encoding).
-OpenAI fields the gateway cannot honour (tools, response_format, logprobs, penalties, n > 1, ...) are accepted
+OpenAI fields the gateway cannot honour (tools, response_format, logprobs,
+penalties, n > 1, ...) are accepted
 only with their neutral value (``[]``, ``{"type": "text"}``, ``false``, ``0``,
 ``1``): any other value is refused with a 422 that names the field, rather than
 answered as if it had not been sent. ``user`` is accepted and ignored; unknown

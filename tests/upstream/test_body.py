@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from app.backend import OllamaBackend, Timeouts
-from app.backend.body import ChunkedDecoder
-from app.errors import BackendStreamBroken, BackendTimeout
 
+from flask_inference_gateway.core.errors import BackendStreamBroken, BackendTimeout
+from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.upstream.body import ChunkedDecoder
+from flask_inference_gateway.upstream.ollama import OllamaBackend
 from tests.fake_ollama import FakeOllama
+from tests.requests import typed
 
 ENCODED = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"
 DECODED = b"hello 0123456789"
@@ -44,16 +46,16 @@ def backend_for(fake: FakeOllama, read_timeout: float = 5.0) -> OllamaBackend:
 def test_streams_reuse_one_pooled_connection(fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama)
     for _ in range(3):
-        stream = backend.stream("generate", {"model": "sim", "prompt": "hi"})
+        stream = backend.stream(typed("generate", {"model": "sim", "prompt": "hi"}))
         assert len(list(stream)) == 8
         stream.close()
     assert fake_ollama.connections_accepted == 1
-    assert backend.complete("generate", {"model": "sim", "prompt": "hi"}).text
+    assert backend.complete(typed("generate", {"model": "sim", "prompt": "hi"})).text
 
 
 def test_silence_yields_heartbeats_then_times_out(fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama, read_timeout=0.7)
-    stream = backend.stream("generate", {"model": "sim", "prompt": "[[sim:hang]]"})
+    stream = backend.stream(typed("generate", {"model": "sim", "prompt": "[[sim:hang]]"}))
     started, beats = time.monotonic(), 0
     with pytest.raises(BackendTimeout):
         for batch in stream.batches(heartbeat=0.2):
@@ -66,8 +68,8 @@ def test_silence_yields_heartbeats_then_times_out(fake_ollama: FakeOllama) -> No
 
 def test_slow_tokens_are_not_a_timeout(fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama, read_timeout=0.5)
-    stream = backend.stream("generate", {"model": "sim",
-                                         "prompt": "[[sim:itl=0.2]] [[sim:tokens=5]]"})
+    stream = backend.stream(typed("generate", {"model": "sim",
+                                         "prompt": "[[sim:itl=0.2]] [[sim:tokens=5]]"}))
     batches = list(stream.batches(heartbeat=0.1))
     stream.close()
     assert [p for b in batches for p in b] == [f" tok{i}" for i in range(5)]
@@ -76,8 +78,8 @@ def test_slow_tokens_are_not_a_timeout(fake_ollama: FakeOllama) -> None:
 
 def test_abandoned_stream_is_cancelled_upstream(fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama)
-    stream = backend.stream("generate", {"model": "sim",
-                                         "prompt": "[[sim:itl=0.02]] [[sim:tokens=500]]"})
+    stream = backend.stream(typed("generate", {"model": "sim",
+                                         "prompt": "[[sim:itl=0.02]] [[sim:tokens=500]]"}))
     next(iter(stream))
     stream.close()
     assert fake_ollama.wait_for("cancelled", 1, timeout=2)

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import requests
 import websocket
-from app.api import websocket as ws_module
-from app.security.keys import KeyEntry, hash_key, write_key_file
 from flask import Flask
 from werkzeug.serving import make_server
 
-from app import InferenceGateway
+from flask_inference_gateway import InferenceGateway
+from flask_inference_gateway.api.native import websocket as ws_module
+from flask_inference_gateway.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY
 from tests.fake_ollama import FakeOllama
 from tests.ws import (
@@ -285,7 +285,7 @@ def test_routes_follow_the_mount_prefix(fake_ollama: FakeOllama, serve: Serve,
 
 def test_each_session_is_one_access_line(url: str, caplog: pytest.LogCaptureFixture) -> None:
     route = WS_ROUTES["generate"]
-    with caplog.at_level(logging.INFO, "app.access"):
+    with caplog.at_level(logging.INFO, "flask_inference_gateway.access"):
         exchange(url + route, request_for("generate", max_tokens=3, api_key=TEST_KEY))
         exchange(url + route, request_for("generate", api_key="not-a-key"))
         ws = connect(url + route, BEARER)
@@ -296,7 +296,7 @@ def test_each_session_is_one_access_line(url: str, caplog: pytest.LogCaptureFixt
         hang_up(ws)
 
         def lines() -> list[logging.LogRecord]:
-            return [r for r in caplog.records if r.name == "app.access"]
+            return [r for r in caplog.records if r.name == "flask_inference_gateway.access"]
 
         assert wait_until(lambda: len(lines()) == 3, 5), caplog.text
     done, refused, cancelled = sorted(lines(), key=lambda r: r.created)

@@ -104,7 +104,7 @@ def test_unexpected_failure_is_a_json_500(client: FlaskClient, monkeypatch) -> N
     def explode(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("app.service.InferenceService.complete", explode)
+    monkeypatch.setattr("flask_inference_gateway.service.InferenceService.complete", explode)
     response = client.post("/v1/generate", json={"prompt": "hi"})
     assert response.status_code == 500
     assert response.get_json() == {"error": {

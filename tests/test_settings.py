@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
-from app.config import SETTINGS, ConfigError, coerce, load_config, markdown_table
 
 from app import create_app
+from flask_inference_gateway.settings import SETTINGS, ConfigError, Settings, coerce, markdown_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
+def setting(settings: Settings, name: str) -> object:
+    """Return the value of the GATEWAY_* variable ``name`` in ``settings``."""
+    return getattr(settings, name.removeprefix("GATEWAY_").lower())
+
+
 def test_defaults_without_environment() -> None:
-    config = load_config({})
-    assert config["GATEWAY_OLLAMA_URL"] == ("http://127.0.0.1:11434",)
-    assert config["GATEWAY_OPENAI_URL"] == ()
-    assert config["GATEWAY_BIND"] == "0.0.0.0:8080"
-    assert config["GATEWAY_AUTH_DISABLED"] is False
-    assert set(config) == {s.name for s in SETTINGS}
+    settings = Settings.from_environ({})
+    assert setting(settings, "GATEWAY_OLLAMA_URL") == ("http://127.0.0.1:11434",)
+    assert setting(settings, "GATEWAY_OPENAI_URL") == ()
+    assert setting(settings, "GATEWAY_BIND") == "0.0.0.0:8080"
+    assert setting(settings, "GATEWAY_AUTH_DISABLED") is False
+    assert {f.name for f in dataclasses.fields(Settings)} == {s.attribute for s in SETTINGS}
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings.from_environ({}).max_tokens = 1  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(("name", "raw", "value"), [
@@ -34,7 +45,7 @@ def test_defaults_without_environment() -> None:
 ], ids=["url-slash", "url-list", "url-empty", "float-zero", "int", "float", "bool-1",
         "bool-true", "bool-off"])
 def test_values_are_parsed(name: str, raw: str, value: object) -> None:
-    assert load_config({name: raw})[name] == value
+    assert setting(Settings.from_environ({name: raw}), name) == value
 
 
 @pytest.mark.parametrize(("name", "raw"), [
@@ -49,7 +60,7 @@ def test_values_are_parsed(name: str, raw: str, value: object) -> None:
         "negative-queue-timeout", "bool-word"])
 def test_bad_values_name_the_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        load_config({name: raw})
+        Settings.from_environ({name: raw})
 
 
 def test_app_config_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,12 +68,13 @@ def test_app_config_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("GATEWAY_MAX_TOKENS", "99")
     app = create_app({"GATEWAY_DEFAULT_MODEL": "from-override"})
     state = app.extensions["inference_gateway"]
-    assert state.config["GATEWAY_DEFAULT_MODEL"] == "from-override"
-    assert state.config["GATEWAY_MAX_TOKENS"] == 99
+    assert state.settings.default_model == "from-override"
+    assert state.settings.max_tokens == 99
 
 
 def test_reference_table_in_the_docs_is_current() -> None:
-    # Regenerate with: python -c "from app.config import markdown_table; print(markdown_table())"
+    # Regenerate with: python -c "from flask_inference_gateway.settings import
+    # markdown_table; print(markdown_table())"
     assert markdown_table() in DOCS.read_text()
 
 

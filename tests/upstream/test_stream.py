@@ -8,13 +8,20 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from app.backend import OllamaBackend, Timeouts, TokenStream
-from app.backend import base as base_module
-from app.backend.base import call_timeout, interrupt_all, parse_object
-from app.backend.ollama import decode_line
-from app.errors import BackendError, BackendStreamBroken, BackendTimeout, ShuttingDown
 
+from flask_inference_gateway.core.errors import (
+    BackendError,
+    BackendStreamBroken,
+    BackendTimeout,
+    ShuttingDown,
+)
+from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.upstream import stream as base_module
+from flask_inference_gateway.upstream.http import call_timeout
+from flask_inference_gateway.upstream.ollama import OllamaBackend, decode_line
+from flask_inference_gateway.upstream.stream import TokenStream, interrupt_all, parse_object
 from tests.fake_ollama import FakeOllama
+from tests.requests import typed
 
 FINAL = b'{"done":true,"done_reason":"stop","eval_count":2}\n'
 
@@ -145,7 +152,7 @@ def test_first_token_may_take_longer_than_the_gap_between_tokens(
     server.start()
     backend = OllamaBackend(server.url, timeouts=Timeouts(connect=1.0, first_token=3.0,
                                                           between_tokens=0.2), pool_size=1)
-    stream = backend.stream("generate", {"model": "sim", "prompt": "x"})
+    stream = backend.stream(typed("generate", {"model": "sim", "prompt": "x"}))
     started = time.monotonic()
     stream.prime()  # waits through the silence: nothing may reach the client yet
     primed = time.monotonic() - started
@@ -164,7 +171,7 @@ def test_first_token_may_take_longer_than_the_gap_between_tokens(
 
 def test_no_first_token_in_time(fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama, first_token=0.3, between_tokens=5.0)
-    stream = backend.stream("generate", {"model": "sim", "prompt": "[[sim:hang]]"})
+    stream = backend.stream(typed("generate", {"model": "sim", "prompt": "[[sim:hang]]"}))
     started = time.monotonic()
     with pytest.raises(BackendTimeout, match="first-token timeout"):
         stream.prime()
@@ -176,8 +183,8 @@ def test_no_first_token_in_time(fake_ollama: FakeOllama) -> None:
 def test_total_deadline_ends_a_slow_stream(fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama, first_token=5.0, between_tokens=5.0)
     deadline = time.monotonic() + 0.4
-    stream = backend.stream("generate", {"model": "sim",
-                                         "prompt": "[[sim:itl=0.1]] [[sim:tokens=100]]"},
+    stream = backend.stream(typed("generate", {"model": "sim",
+                                         "prompt": "[[sim:itl=0.1]] [[sim:tokens=100]]"}),
                             deadline)
     pieces: list[str] = []
     with pytest.raises(BackendTimeout, match="total deadline"):
@@ -190,7 +197,7 @@ def test_total_deadline_ends_a_slow_stream(fake_ollama: FakeOllama) -> None:
 def test_interrupt_all_ends_open_streams(fake_ollama: FakeOllama, primed: bool) -> None:
     backend = backend_for(fake_ollama, first_token=5.0, between_tokens=5.0)
     prompt = "[[sim:itl=0.05]] [[sim:tokens=500]]" if primed else "[[sim:hang]]"
-    stream = backend.stream("generate", {"model": "sim", "prompt": prompt})
+    stream = backend.stream(typed("generate", {"model": "sim", "prompt": prompt}))
     if primed:
         stream.prime()
     timer = threading.Timer(0.2, interrupt_all, [ShuttingDown("draining")])

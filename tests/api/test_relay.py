@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from app.backend import Usage
-from app.errors import BackendStreamBroken
-from app.sse import PING, encode_pieces, sse_events, sse_response
+from flask import Flask
 
+from flask_inference_gateway.api.native.wire import GATEWAY_EVENTS, encode_pieces
+from flask_inference_gateway.api.relay import PING, Relay, stream_response
+from flask_inference_gateway.core.errors import BackendStreamBroken
+from flask_inference_gateway.core.types import StreamOutcome, Usage
 from tests.sse import COMMENT, parse_sse
 
 
@@ -28,6 +30,29 @@ class StubStream:
 
     def close(self) -> None:
         self.closed += 1
+
+
+class StubGeneration:
+    """A Generation stand-in: closing it closes its stream and says how it ended."""
+
+    def __init__(self, stream: StubStream) -> None:
+        self.stream = stream
+
+    def close(self) -> StreamOutcome:
+        self.stream.close()
+        return StreamOutcome(finished=False, pieces=0, usage=Usage(), first_piece_at=None)
+
+
+def sse_events(stream: StubStream, heartbeat: float) -> Iterator[bytes]:
+    """Relay ``stream`` in the gateway's own events, as a view's response does."""
+    return Relay(StubGeneration(stream), heartbeat).encoded(GATEWAY_EVENTS)  # type: ignore[arg-type]
+
+
+def sse_response(stream: StubStream, heartbeat: float):  # noqa: ANN201
+    """Return the response that relays ``stream``."""
+    with Flask(__name__).test_request_context():
+        return stream_response(lambda: StubGeneration(stream),  # type: ignore[arg-type]
+                               lambda _stream: GATEWAY_EVENTS, heartbeat)
 
 
 def events(raw: list[bytes]) -> list[tuple[str | None, dict | None]]:

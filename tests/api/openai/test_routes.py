@@ -11,11 +11,13 @@ from typing import Any
 
 import orjson
 import pytest
-from app.api.openai_wire import finish_reason
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import InferenceGateway, errors
+from flask_inference_gateway import InferenceGateway
+from flask_inference_gateway.api.openai import errors as openai_errors
+from flask_inference_gateway.api.openai.wire import finish_reason
+from flask_inference_gateway.core import errors
 from tests.conftest import TEST_KEY
 from tests.fake_ollama import FakeOllama, vector
 from tests.fake_openai import FakeOpenAI
@@ -325,7 +327,7 @@ def test_openai_shape_under_a_prefix(fake_ollama: FakeOllama, tmp_path: Path) ->
 ])
 def test_openai_type_by_status(status: int, type_: str) -> None:
     error = next(cls() for cls in all_errors() if cls.status == status)
-    body = error.to_openai_dict()["error"]
+    body = openai_errors.body(error)["error"]
     assert (body["type"], body["code"], body["param"]) == (type_, error.type, None)
 
 

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-from app.backend import watch
-from app.backend.watch import ClientWatch, track_connection
+
+from flask_inference_gateway.upstream import watch
+from flask_inference_gateway.upstream.watch import ClientWatch, track_connection
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from app.security.keys import KeyEntry, hash_key, write_key_file
 
+from flask_inference_gateway.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY
 
 GENERATE = {"prompt": "hi", "model": "sim"}

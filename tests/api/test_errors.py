@@ -6,7 +6,6 @@ import logging
 
 import orjson
 import pytest
-from app.errors import GatewayError, as_gateway_error, handle_error
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -17,7 +16,10 @@ from werkzeug.exceptions import (
     UnsupportedMediaType,
 )
 
-from app import errors
+from flask_inference_gateway.api.errors import as_gateway_error, handle_error
+from flask_inference_gateway.api.native import errors as native_errors
+from flask_inference_gateway.core import errors
+from flask_inference_gateway.core.errors import GatewayError
 
 
 def all_error_classes() -> list[type[GatewayError]]:
@@ -66,7 +68,7 @@ def test_405_lists_allowed_methods() -> None:
 
 
 def test_unexpected_exception_is_a_500_that_leaks_nothing(app, caplog) -> None:
-    with app.app_context(), caplog.at_level(logging.ERROR, "app.errors"):
+    with app.app_context(), caplog.at_level(logging.ERROR, "flask_inference_gateway.api.errors"):
         response = handle_error(RuntimeError("secret /etc/passwd detail"))
     assert response.status_code == 500
     assert b"secret" not in response.get_data()
@@ -76,4 +78,5 @@ def test_unexpected_exception_is_a_500_that_leaks_nothing(app, caplog) -> None:
 
 def test_details_join_the_error_object() -> None:
     error = errors.ValidationFailed(fields={"prompt": ["Missing data for required field."]})
-    assert error.to_dict()["error"]["fields"] == {"prompt": ["Missing data for required field."]}
+    assert native_errors.body(error)["error"]["fields"] == {
+        "prompt": ["Missing data for required field."]}

@@ -6,8 +6,9 @@ import inspect
 
 import pytest
 import requests
-from app.backend.http import error_for_status, map_exception, upstream_message
-from app.errors import (
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
     BackendRejected,
@@ -16,7 +17,7 @@ from app.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
+from flask_inference_gateway.upstream.http import error_for_status, map_exception, upstream_message
 
 REQUESTS_EXCEPTIONS = sorted(
     (cls for _, cls in inspect.getmembers(requests.exceptions, inspect.isclass)

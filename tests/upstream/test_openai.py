@@ -10,9 +10,8 @@ import orjson
 import pytest
 import requests
 import responses
-from app.backend import OpenAIBackend, Timeouts
-from app.backend.openai import build_payload
-from app.errors import (
+
+from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
     BackendRejected,
@@ -21,9 +20,11 @@ from app.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-
+from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.upstream.openai import OpenAIBackend, build_payload
 from tests.fake_ollama import MODEL_ERROR_MSG
 from tests.fake_openai import FakeOpenAI
+from tests.requests import typed
 
 URL = "http://vllm.test:8000"
 TIMEOUTS = Timeouts(connect=1.5, first_token=30.0, between_tokens=20.0, total=600.0)
@@ -56,17 +57,17 @@ def openai_error(message: str, status: int) -> dict[str, Any]:
 
 
 def test_generate_payload_maps_options_and_leads_with_system() -> None:
-    payload = build_payload("generate", generate_request(top_p=0.9, top_k=5, stop=["\n"],
+    payload = build_payload(typed("generate", generate_request(top_p=0.9, top_k=5, stop=["\n"],
                                                          seed=7, system="Be brief",
-                                                         ignored=None), False)
+                                                         ignored=None)), False)
     assert payload == {"model": "qwen", "stream": False, "prompt": "Be brief\n\nHi",
                        "max_tokens": 16, "temperature": 0.2, "top_p": 0.9, "top_k": 5,
                        "stop": ["\n"], "seed": 7}
 
 
 def test_stream_payload_asks_for_usage_and_carries_messages() -> None:
-    payload = build_payload("chat", {"model": "m", "messages": MESSAGES, "max_tokens": 3,
-                                     "temperature": None}, True)
+    payload = build_payload(typed("chat", {"model": "m", "messages": MESSAGES, "max_tokens": 3,
+                                     "temperature": None}), True)
     assert payload == {"model": "m", "stream": True, "messages": MESSAGES, "max_tokens": 3,
                        "stream_options": {"include_usage": True}}
 
@@ -88,7 +89,7 @@ def test_authorization_only_with_a_key(api_key: str, expected: str | None,
     mocked.post(f"{URL}/v1/completions", json={"choices": [{"text": "x"}]})
     backend = OpenAIBackend(URL, timeouts=TIMEOUTS, pool_size=1, api_key=api_key)
     backend.list_models()
-    backend.complete("generate", generate_request())
+    backend.complete(typed("generate", generate_request()))
     assert [call.request.headers.get("Authorization") for call in mocked.calls] == [expected] * 2
 
 
@@ -96,7 +97,7 @@ def test_complete_generate(backend: OpenAIBackend, mocked: responses.RequestsMoc
     mocked.post(f"{URL}/v1/completions", json={
         "model": "qwen-served", "usage": USAGE,
         "choices": [{"index": 0, "text": "Hello there", "finish_reason": "length"}]})
-    completion = backend.complete("generate", generate_request())
+    completion = backend.complete(typed("generate", generate_request()))
     assert (completion.model, completion.text, completion.done_reason) == (
         "qwen-served", "Hello there", "length")
     assert completion.usage.to_dict() == USAGE
@@ -108,7 +109,7 @@ def test_complete_generate(backend: OpenAIBackend, mocked: responses.RequestsMoc
 def test_complete_chat(backend: OpenAIBackend, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{URL}/v1/chat/completions", json={"choices": [
         {"message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}]})
-    completion = backend.complete("chat", {"model": "qwen", "messages": MESSAGES})
+    completion = backend.complete(typed("chat", {"model": "qwen", "messages": MESSAGES}))
     assert (completion.model, completion.text, completion.done_reason) == ("qwen", "Yes",
                                                                            "stop")
     assert completion.usage.to_dict()["total_tokens"] == 0
@@ -121,7 +122,7 @@ def test_complete_without_a_choice(backend: OpenAIBackend, mocked: responses.Req
                                    body: Any) -> None:
     mocked.post(f"{URL}/v1/completions", json=body)
     with pytest.raises(BackendError, match="without a choice"):
-        backend.complete("generate", generate_request())
+        backend.complete(typed("generate", generate_request()))
 
 
 @pytest.mark.parametrize("choices", [["a string"], [{"message": "a string"}]],
@@ -130,7 +131,7 @@ def test_complete_with_a_malformed_choice(backend: OpenAIBackend,
                                           mocked: responses.RequestsMock, choices: Any) -> None:
     mocked.post(f"{URL}/v1/chat/completions", json={"choices": choices})
     with pytest.raises(BackendError, match="not a JSON object"):
-        backend.complete("chat", {"model": "qwen", "messages": MESSAGES})
+        backend.complete(typed("chat", {"model": "qwen", "messages": MESSAGES}))
 
 
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "generate"])
@@ -144,7 +145,7 @@ def test_stream_pieces_finish_reason_and_usage(backend: OpenAIBackend,
     mocked.post(URL + path, body=body.replace("\n\n", "\r\n\r\n", 1),
                 content_type="text/event-stream")
     request = {"model": "qwen", "messages": MESSAGES} if chat else generate_request()
-    stream = backend.stream("chat" if chat else "generate", request)
+    stream = backend.stream(typed("chat" if chat else "generate", request))
     assert list(stream) == ["Hel", "lo"]
     assert stream.finished and stream.done_reason == "length"
     assert stream.usage.to_dict() == USAGE
@@ -158,7 +159,7 @@ def test_stream_without_usage_chunk_counts_zero(backend: OpenAIBackend,
                                                 mocked: responses.RequestsMock) -> None:
     mocked.post(f"{URL}/v1/completions",
                 body=sse(chunk("a", chat=False), chunk("", "stop", chat=False), "[DONE]"))
-    stream = backend.stream("generate", generate_request())
+    stream = backend.stream(typed("generate", generate_request()))
     assert list(stream) == ["a"]
     assert (stream.done_reason, stream.usage.to_dict()["total_tokens"]) == ("stop", 0)
     stream.close()
@@ -169,7 +170,7 @@ def test_finish_reason_survives_later_chunks(backend: OpenAIBackend,
     trailing = {"choices": [{"delta": {}, "finish_reason": None}], "usage": USAGE}
     mocked.post(f"{URL}/v1/chat/completions",
                 body=sse(chunk("a"), chunk("", "stop"), trailing, "[DONE]"))
-    stream = backend.stream("chat", {"model": "qwen", "messages": MESSAGES})
+    stream = backend.stream(typed("chat", {"model": "qwen", "messages": MESSAGES}))
     assert list(stream) == ["a"]
     assert (stream.done_reason, stream.usage.to_dict()) == ("stop", USAGE)
     stream.close()
@@ -179,7 +180,7 @@ def test_lines_after_done_are_ignored(backend: OpenAIBackend,
                                       mocked: responses.RequestsMock) -> None:
     mocked.post(f"{URL}/v1/completions",
                 body=sse(chunk("a", "stop", chat=False), "[DONE]", chunk("late", chat=False)))
-    stream = backend.stream("generate", generate_request())
+    stream = backend.stream(typed("generate", generate_request()))
     assert list(stream) == ["a"]
     stream.close()
 
@@ -187,7 +188,7 @@ def test_lines_after_done_are_ignored(backend: OpenAIBackend,
 def test_error_event_mid_stream(backend: OpenAIBackend, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{URL}/v1/chat/completions",
                 body=sse(chunk("a"), {"error": {"message": "CUDA out of memory", "code": 500}}))
-    stream = backend.stream("chat", {"model": "qwen", "messages": MESSAGES})
+    stream = backend.stream(typed("chat", {"model": "qwen", "messages": MESSAGES}))
     pieces: list[str] = []
     with pytest.raises(BackendError, match="CUDA out of memory") as raised:
         pieces.extend(stream)
@@ -202,7 +203,7 @@ def test_error_event_mid_stream(backend: OpenAIBackend, mocked: responses.Reques
 def test_stream_without_done_is_broken(backend: OpenAIBackend, mocked: responses.RequestsMock,
                                        body: str) -> None:
     mocked.post(f"{URL}/v1/chat/completions", body=body)
-    stream = backend.stream("chat", {"model": "qwen", "messages": MESSAGES})
+    stream = backend.stream(typed("chat", {"model": "qwen", "messages": MESSAGES}))
     with pytest.raises(BackendStreamBroken):
         list(stream)
     assert stream.error == "backend_stream_broken"
@@ -212,7 +213,7 @@ def test_stream_without_done_is_broken(backend: OpenAIBackend, mocked: responses
 def test_stream_line_that_is_not_json(backend: OpenAIBackend,
                                       mocked: responses.RequestsMock) -> None:
     mocked.post(f"{URL}/v1/chat/completions", body="data: {oops\n\n")
-    stream = backend.stream("chat", {"model": "qwen", "messages": MESSAGES})
+    stream = backend.stream(typed("chat", {"model": "qwen", "messages": MESSAGES}))
     with pytest.raises(BackendError, match="not JSON"):
         list(stream)
     stream.close()
@@ -240,7 +241,7 @@ def test_upstream_failures_map_to_gateway_errors(
         mock: dict[str, Any], error: type, message: str | None) -> None:
     mocked.post(f"{URL}/v1/chat/completions", **mock)
     with pytest.raises(error) as raised:
-        getattr(backend, call)("chat", {"model": "x", "messages": MESSAGES})
+        getattr(backend, call)(typed("chat", {"model": "x", "messages": MESSAGES}))
     assert type(raised.value) is error
     if message is not None:
         assert raised.value.message == message
@@ -289,15 +290,15 @@ def test_stream_end_to_end_against_the_fake(fake_openai: FakeOpenAI) -> None:
                                                                        first_token=5.0,
                                                                        between_tokens=5.0),
                             pool_size=2)
-    stream = backend.stream("chat", {"model": "sim", "messages": [
-        {"role": "user", "content": "one two three"}]})
+    stream = backend.stream(typed("chat", {"model": "sim", "messages": [
+        {"role": "user", "content": "one two three"}]}))
     assert list(stream) == [f" tok{i}" for i in range(5)]
     stream.close()
     assert (stream.done_reason, stream.usage.to_dict()) == (
         "stop", {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8})
     assert fake_openai.stats["completed"] == 1
-    assert backend.complete("generate", {"model": "sim", "prompt": "x",
-                                         "max_tokens": 2}).text == " tok0 tok1"
+    assert backend.complete(typed("generate", {"model": "sim", "prompt": "x",
+                                         "max_tokens": 2})).text == " tok0 tok1"
     assert fake_openai.connections_accepted == 1  # the stream's connection was reused
 
 
@@ -305,7 +306,7 @@ def test_error_mid_stream_from_the_fake(fake_openai: FakeOpenAI) -> None:
     backend = OpenAIBackend(fake_openai.url, timeouts=Timeouts(connect=1.0, first_token=5.0,
                                                                between_tokens=5.0),
                             pool_size=2)
-    stream = backend.stream("generate", {"model": "sim", "prompt": "[[sim:error-after=2]]"})
+    stream = backend.stream(typed("generate", {"model": "sim", "prompt": "[[sim:error-after=2]]"}))
     pieces: list[str] = []
     with pytest.raises(BackendError, match=MODEL_ERROR_MSG):
         pieces.extend(stream)

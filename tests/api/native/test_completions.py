@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from app.schemas.inference import ChatResponse, GenerateResponse
 from flask.testing import FlaskClient
 
+from flask_inference_gateway.api.native.schemas import ChatResponse, GenerateResponse
 from tests.conftest import free_port
 from tests.fake_ollama import FakeOllama
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from app.schemas.inference import StreamEvent
 from flask.testing import FlaskClient
 
+from flask_inference_gateway.api.native.schemas import StreamEvent
 from tests.fake_ollama import FakeOllama
 from tests.sse import COMMENT, parse_sse
 

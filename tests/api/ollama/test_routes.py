@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-from app.schemas.ollama import OllamaChatResponse, OllamaGenerateResponse
-from app.security.keys import KeyEntry, hash_key, write_key_file
 from flask.testing import FlaskClient
 
+from flask_inference_gateway.api.ollama.schemas import OllamaChatResponse, OllamaGenerateResponse
+from flask_inference_gateway.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY
 from tests.fake_ollama import VERSION, FakeOllama
 from tests.fake_openai import FakeOpenAI

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from app.backend import BackendPool, Timeouts
-from app.backend import pool as pool_module
-from app.backend.base import Probe
-from app.backend.pool import Node
-from app.errors import BackendBusy, ClientLeft, NoBackendAvailable
+
+from flask_inference_gateway.core.errors import BackendBusy, ClientLeft, NoBackendAvailable
+from flask_inference_gateway.core.types import Probe, Timeouts
+from flask_inference_gateway.routing import pool as pool_module
+from flask_inference_gateway.routing.pool import BackendPool, Node
 
 
 class Stub:

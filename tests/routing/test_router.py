@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from app.backend import BackendPool, Completion, OllamaBackend, Router, Timeouts, Usage
-from app.backend.base import Probe
-from app.errors import (
+from prometheus_client import REGISTRY
+
+from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
     BackendRejected,
@@ -21,10 +21,19 @@ from app.errors import (
     ModelNotFound,
     NoBackendAvailable,
 )
-from prometheus_client import REGISTRY
-
+from flask_inference_gateway.core.types import (
+    Completion,
+    GenerationRequest,
+    Probe,
+    Timeouts,
+    Usage,
+)
+from flask_inference_gateway.routing.pool import BackendPool
+from flask_inference_gateway.routing.router import Router
+from flask_inference_gateway.upstream.ollama import OllamaBackend
 from tests.conftest import free_port
 from tests.fake_ollama import FakeOllama
+from tests.requests import typed
 
 REQUEST = {"model": "m", "prompt": "Hi"}
 
@@ -34,7 +43,7 @@ class StubStream:
 
     def __init__(self, text: str, prime_error: GatewayError | None = None) -> None:
         self.text, self.prime_error, self.backend = text, prime_error, ""
-        self.finished, self.closed, self.hooks = False, False, []
+        self.finished, self.closed = False, False
         self.error: str | None = None
         self.error_message: str | None = None
 
@@ -42,12 +51,7 @@ class StubStream:
         if self.prime_error is not None:
             raise self.prime_error
 
-    def on_close(self, hook: Any) -> None:
-        self.hooks.append(hook)
-
     def close(self) -> None:
-        for hook in [] if self.closed else self.hooks:
-            hook(self)
         self.closed = True
 
 
@@ -71,12 +75,12 @@ class StubBackend:
             raise outcome
         return outcome() if callable(outcome) else outcome
 
-    def complete(self, kind: str, request: dict[str, Any],
+    def complete(self, request: GenerationRequest,
                  deadline: float | None = None) -> Completion:
         self._next(deadline)
-        return Completion(request["model"], self.name, "stop", Usage(1, 1))
+        return Completion(request.model, self.name, "stop", Usage(1, 1))
 
-    def stream(self, kind: str, request: dict[str, Any],
+    def stream(self, request: GenerationRequest,
                deadline: float | None = None) -> StubStream:
         outcome = self._next(deadline)
         stream = StubStream(self.name, outcome[1] if isinstance(outcome, tuple) else None)
@@ -100,11 +104,27 @@ def router_of(*backends: StubBackend, max_attempts: int = 3, total: float = 30.0
     return Router(pool, timeouts=Timeouts(total=total), max_attempts=max_attempts)
 
 
+def open_stream(router: Router, request: GenerationRequest) -> Any:
+    """Open a stream as the service does; closing it closes it, then settles its slot once."""
+    routed = router.open_stream(request)
+    stream, close = routed.stream, routed.stream.close
+    settled: list[bool] = []
+
+    def close_and_settle() -> None:
+        close()
+        if not settled:
+            settled.append(True)
+            router.settle(routed)
+
+    stream.close, stream.backend = close_and_settle, routed.node.url
+    return stream
+
+
 def run(router: Router, call: str) -> str:
     """Serve REQUEST by ``call``; return the name of the backend that answered."""
     if call == "complete":
-        return router.complete("generate", REQUEST).text
-    stream: Any = router.stream("generate", REQUEST)
+        return router.complete(typed("generate", REQUEST)).text
+    stream: Any = open_stream(router, typed("generate", REQUEST))
     stream.finished = True
     stream.close()
     return stream.text
@@ -138,7 +158,7 @@ def test_stream_failing_before_its_first_token_is_closed_and_retried(
         error: GatewayError) -> None:
     a, b = StubBackend("a", ("prime", error)), StubBackend("b")
     router = router_of(a, b)
-    stream: Any = router.stream("chat", REQUEST)
+    stream: Any = open_stream(router, typed("chat", REQUEST))
     assert (stream.text, stream.backend) == ("b", "http://b:11434")
     assert a.streams[0].closed and not stream.closed
     assert in_flight(router) == [0, 1]  # b's slot is held until the stream closes
@@ -155,8 +175,8 @@ def test_never_retried(where: str, error: GatewayError, counted: int) -> None:
     a, b = StubBackend("a", ("prime", error) if where == "prime" else error), StubBackend("b")
     router = router_of(a, b)
     with pytest.raises(type(error)) as raised:
-        router.stream("generate", REQUEST) if where == "prime" else router.complete(
-            "generate", REQUEST)
+        open_stream(router, typed("generate", REQUEST)) if where == "prime" else router.complete(
+            typed("generate", REQUEST))
     assert raised.value is error
     assert (a.calls, b.calls) == (1, 0)
     assert in_flight(router) == [0, 0]
@@ -167,14 +187,14 @@ def test_max_attempts_bounds_the_backends_tried() -> None:
     backends = [StubBackend(name, BackendUnavailable()) for name in "abcd"]
     router = router_of(*backends, max_attempts=2)
     with pytest.raises(BackendUnavailable):
-        router.complete("generate", REQUEST)
+        router.complete(typed("generate", REQUEST))
     assert sum(b.calls for b in backends) == 2
     assert backends[0].calls == 1
 
 
 def test_the_last_error_is_raised_when_every_backend_failed() -> None:
     router = router_of(StubBackend("a", BackendBusy()), StubBackend("b", BackendTimeout()))
-    pytest.raises(BackendTimeout, router.complete, "generate", REQUEST)
+    pytest.raises(BackendTimeout, router.complete, typed("generate", REQUEST))
     assert in_flight(router) == [0, 0]
 
 
@@ -187,7 +207,7 @@ def test_no_retry_past_the_deadline() -> None:
     router = router_of(a, b, total=0.1)
     started = time.monotonic()
     with pytest.raises(BackendUnavailable):
-        router.complete("generate", REQUEST)
+        router.complete(typed("generate", REQUEST))
     assert b.calls == 0
     assert a.deadlines[0] == pytest.approx(started + 0.1, abs=0.05)
 
@@ -202,23 +222,23 @@ def test_breaker_counts_unhealthy_errors_only(error: GatewayError, opens: bool) 
     router = router_of(a, breaker_failures=2, breaker_cooldown=60)
     for _ in range(2):
         with pytest.raises(type(error)):
-            router.complete("generate", REQUEST)
+            router.complete(typed("generate", REQUEST))
     assert failures(router) == [2 if opens else 0]
     if opens:
         with pytest.raises(NoBackendAvailable) as raised:
-            router.complete("generate", REQUEST)
+            router.complete(typed("generate", REQUEST))
         assert raised.value.headers == {"Retry-After": "60"}
     else:
-        assert router.complete("generate", REQUEST).text == "a"
+        assert router.complete(typed("generate", REQUEST)).text == "a"
     assert a.calls == (2 if opens else 3)
 
 
 def test_unexpected_exceptions_free_the_slot() -> None:
     router = router_of(StubBackend("a", KeyError("choices")), max_concurrency=1)
     with pytest.raises(KeyError):
-        router.complete("generate", REQUEST)
+        router.complete(typed("generate", REQUEST))
     assert in_flight(router) == [0]
-    assert router.complete("generate", REQUEST).text == "a"
+    assert router.complete(typed("generate", REQUEST)).text == "a"
 
 
 @pytest.mark.parametrize(("finished", "error", "failures_after", "loaded"), [
@@ -230,7 +250,7 @@ def test_closing_a_stream_settles_its_slot(finished: bool, error: str | None,
                                           failures_after: int, loaded: bool) -> None:
     router = router_of(StubBackend("a"), StubBackend("b"))
     a = router.pool.nodes[0]
-    stream: Any = router.stream("generate", REQUEST)
+    stream: Any = open_stream(router, typed("generate", REQUEST))
     assert (stream.text, a.in_flight) == ("a", 1)
     a.loaded, a.failures = frozenset(), 1
     stream.finished, stream.error, stream.error_message = finished, error, "why"
@@ -244,7 +264,7 @@ def test_closing_a_stream_settles_its_slot(finished: bool, error: str | None,
 
 def test_a_completion_marks_the_model_loaded() -> None:
     router = router_of(StubBackend("a", BackendUnavailable()), StubBackend("b"))
-    router.complete("generate", {"model": "new:latest", "prompt": "x"})
+    router.complete(typed("generate", {"model": "new:latest", "prompt": "x"}))
     b = router.pool.nodes[1]
     assert {"new", "new:latest"} <= b.loaded and b.failures == 0
 
@@ -312,7 +332,7 @@ def test_real_stream_fails_over(fake_ollama: FakeOllama, second_ollama: FakeOlla
     fake_ollama.fail_status = 503
     router = real_router(fake_ollama.url if first == "busy" else
                          f"http://127.0.0.1:{free_port()}", second_ollama.url)
-    stream = router.stream("generate", {"model": "sim", "prompt": "hi"})
+    stream = open_stream(router, typed("generate", {"model": "sim", "prompt": "hi"}))
     assert stream.backend == second_ollama.url
     assert list(stream) == [f" tok{i}" for i in range(4)]
     stream.close()
@@ -325,7 +345,8 @@ def test_real_stream_fails_over(fake_ollama: FakeOllama, second_ollama: FakeOlla
 def test_real_stream_broken_after_its_first_token_is_not_retried(
         fake_ollama: FakeOllama, second_ollama: FakeOllama) -> None:
     router = real_router(fake_ollama.url, second_ollama.url)
-    stream = router.stream("generate", {"model": "sim", "prompt": "[[sim:die-after=2]]"})
+    stream = open_stream(router, typed("generate", {"model": "sim",
+                                                    "prompt": "[[sim:die-after=2]]"}))
     pieces: list[str] = []
     with pytest.raises(BackendStreamBroken):
         pieces.extend(stream)

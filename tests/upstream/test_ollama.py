@@ -10,9 +10,8 @@ import orjson
 import pytest
 import requests
 import responses
-from app.backend import OllamaBackend, Timeouts, TokenStream
-from app.backend.ollama import build_payload, created_at, decode_line, model_info
-from app.errors import (
+
+from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
     BackendRejected,
@@ -21,8 +20,17 @@ from app.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-
+from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.upstream.ollama import (
+    OllamaBackend,
+    build_payload,
+    created_at,
+    decode_line,
+    model_info,
+)
+from flask_inference_gateway.upstream.stream import TokenStream
 from tests.conftest import MOCK_URL
+from tests.requests import typed
 
 TIMEOUTS = Timeouts(connect=1.5, first_token=30.0, between_tokens=20.0, total=600.0)
 FINAL = {"done": True, "done_reason": "stop", "prompt_eval_count": 4, "eval_count": 2}
@@ -42,8 +50,8 @@ def generate_request(**extra: Any) -> dict[str, Any]:
 
 
 def test_payload_maps_options_to_ollama_names() -> None:
-    payload = build_payload("generate", generate_request(top_p=0.9, top_k=5, stop=["\n"],
-                                                         seed=7, system="Be brief"), False)
+    payload = build_payload(typed("generate", generate_request(top_p=0.9, top_k=5, stop=["\n"],
+                                                         seed=7, system="Be brief")), False)
     assert payload == {"model": "llama3.2", "prompt": "Hi", "system": "Be brief",
                        "stream": False,
                        "options": {"num_predict": 16, "temperature": 0.2, "top_p": 0.9,
@@ -52,7 +60,8 @@ def test_payload_maps_options_to_ollama_names() -> None:
 
 def test_chat_payload_carries_messages() -> None:
     messages = [{"role": "user", "content": "Hi"}]
-    payload = build_payload("chat", {"model": "m", "messages": messages, "max_tokens": 3}, True)
+    payload = build_payload(typed("chat", {"model": "m", "messages": messages,
+                                           "max_tokens": 3}), True)
     assert payload == {"model": "m", "messages": messages, "stream": True,
                        "options": {"num_predict": 3}}
 
@@ -60,7 +69,7 @@ def test_chat_payload_carries_messages() -> None:
 def test_complete_generate(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{MOCK_URL}/api/generate",
                 json={"model": "llama3.2", "response": "Hello there", **FINAL})
-    completion = backend.complete("generate", generate_request())
+    completion = backend.complete(typed("generate", generate_request()))
     assert (completion.text, completion.done_reason) == ("Hello there", "stop")
     assert completion.usage.to_dict() == {"prompt_tokens": 4, "completion_tokens": 2,
                                           "total_tokens": 6}
@@ -71,8 +80,8 @@ def test_complete_generate(backend: OllamaBackend, mocked: responses.RequestsMoc
 def test_complete_chat(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{MOCK_URL}/api/chat", json={
         "model": "llama3.2", "message": {"role": "assistant", "content": "Yes"}, **FINAL})
-    completion = backend.complete("chat", {"model": "llama3.2", "max_tokens": 4,
-                                           "messages": [{"role": "user", "content": "Ok?"}]})
+    completion = backend.complete(typed("chat", {"model": "llama3.2", "max_tokens": 4,
+                                           "messages": [{"role": "user", "content": "Ok?"}]}))
     assert completion.text == "Yes"
 
 
@@ -82,8 +91,8 @@ def test_every_call_passes_connect_and_read_timeouts(
     mocked.post(f"{MOCK_URL}/api/chat", body=ndjson({"message": {"content": "x"}}, FINAL))
     mocked.get(f"{MOCK_URL}/api/tags", json={"models": []})
     mocked.get(f"{MOCK_URL}/api/version", json={"version": "0.12.0"})
-    backend.complete("generate", generate_request())
-    stream = backend.stream("chat", {"model": "m", "messages": []})
+    backend.complete(typed("generate", generate_request()))
+    stream = backend.stream(typed("chat", {"model": "m", "messages": []}))
     list(stream)
     stream.close()
     backend.list_models()
@@ -99,7 +108,7 @@ def test_stream_yields_pieces_then_usage(backend: OllamaBackend,
                                          mocked: responses.RequestsMock) -> None:
     mocked.post(f"{MOCK_URL}/api/generate",
                 body=ndjson({"response": "Hel"}, {"response": "lo"}, {"response": "", **FINAL}))
-    stream = backend.stream("generate", generate_request())
+    stream = backend.stream(typed("generate", generate_request()))
     assert list(stream) == ["Hel", "lo"]
     assert stream.done_reason == "stop" and stream.usage.completion_tokens == 2
     assert json.loads(mocked.calls[0].request.body)["stream"] is True
@@ -155,7 +164,8 @@ def test_error_line_message_reaches_the_client() -> None:
 def test_close_is_idempotent(finished: bool, aborted: bool,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("app.backend.base.abort_response", lambda r: calls.append("abort"))
+    monkeypatch.setattr("flask_inference_gateway.upstream.stream.abort_response",
+                        lambda r: calls.append("abort"))
     response = FakeResponse([])
     stream = TokenStream(response, "m", decode_line, Timeouts())  # type: ignore[arg-type]
     stream._body.complete = finished
@@ -184,14 +194,14 @@ def test_upstream_failures_map_to_gateway_errors(
         mock: dict[str, Any], error: type) -> None:
     mocked.post(f"{MOCK_URL}/api/generate", **mock)
     with pytest.raises(error):
-        getattr(backend, kind)("generate", generate_request())
+        getattr(backend, kind)(typed("generate", generate_request()))
 
 
 def test_whole_answer_that_is_not_json(backend: OllamaBackend,
                                        mocked: responses.RequestsMock) -> None:
     mocked.post(f"{MOCK_URL}/api/generate", body=b"<html>")
     with pytest.raises(BackendError, match="not JSON"):
-        backend.complete("generate", generate_request())
+        backend.complete(typed("generate", generate_request()))
 
 
 def test_list_models_and_version(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
@@ -205,7 +215,7 @@ def test_each_process_gets_its_own_session(backend: OllamaBackend,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     first = backend.session
     assert backend.session is first
-    monkeypatch.setattr("app.backend.http.os.getpid", lambda: -1)
+    monkeypatch.setattr("flask_inference_gateway.upstream.client.os.getpid", lambda: -1)
     assert backend.session is not first
 
 
