@@ -83,3 +83,61 @@ def test_readiness(down: bool) -> None:
     assert statuses[0]["kind"] == "ollama"
     assert ("error" in statuses[0]) is down
     assert statuses[0]["models"] == ([] if down else ["llama3.2", "llama3.2:latest"])
+
+
+class RecordingStream:
+    """A primed stream stand-in that notes when it is closed."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events, self.finished, self.pieces, self.keep_text = events, True, 2, False
+        self.usage = Usage(3, 2)
+
+    def close(self) -> None:
+        self.events.append("stream closed")
+
+    def outcome(self) -> str:
+        return "outcome"
+
+
+class RecordingRouter:
+    """Opens RecordingStreams and notes when their slot is settled."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def open_stream(self, request: GenerationRequest, gone: Any) -> Any:
+        from flask_inference_gateway.routing.router import RoutedStream
+
+        node = BackendPool([StubBackend()]).nodes[0]  # type: ignore[list-item]
+        return RoutedStream(node, RecordingStream(self.events), request.model)  # type: ignore[arg-type]
+
+    def settle(self, routed: Any) -> None:
+        self.events.append("slot settled")
+
+
+class RecordingLedger:
+    """Notes stream slots given back and tokens charged."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def check_tokens(self, principal: Principal) -> None:
+        pass
+
+    def open_stream(self, principal: Principal) -> Any:
+        return lambda: self.events.append("key slot released")
+
+    def charge(self, principal: Principal, tokens: int) -> None:
+        self.events.append(f"charged {tokens}")
+
+
+def test_closing_a_generation_settles_once_in_a_fixed_order() -> None:
+    events: list[str] = []
+    svc = InferenceService(RecordingRouter(events), default_model="m",  # type: ignore[arg-type]
+                           models_cache_seconds=0, ledger=RecordingLedger(events))  # type: ignore[arg-type]
+    generation = svc.stream(GenerationRequest(Op.GENERATE, Options(max_tokens=8), prompt="x"),
+                            Principal("tester"))
+    assert events == []
+    assert generation.close() == "outcome"
+    generation.close()
+    assert events == ["stream closed", "slot settled", "key slot released", "charged 5"]
