@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import fields
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
-from flask_inference_gateway.core.types import Options
+from flask_inference_gateway.core.types import OPTION_NAMES, Options, ResponseFormat
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -29,6 +36,63 @@ def describe(text: str, example: Any = None) -> dict[str, Any]:
 def options_from(source: Mapping[str, Any], max_tokens: int) -> Options:
     """Return the sampling options named as the gateway names them in a loaded body."""
     stop = source.get("stop")
-    return Options(max_tokens=max_tokens, temperature=source.get("temperature"),
-                   top_p=source.get("top_p"), top_k=source.get("top_k"),
-                   stop=tuple(stop) if stop is not None else None, seed=source.get("seed"))
+    named = {name: source.get(name) for name in OPTION_NAMES if name not in ("max_tokens", "stop")}
+    return Options(max_tokens=max_tokens, stop=tuple(stop) if stop is not None else None,
+                   **named)
+
+
+class JsonSchema(fields.Dict):
+    """A JSON Schema: an object whose ``type`` (when given) is a string or a list."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        schema = super()._deserialize(value, attr, data, **kwargs)
+        if not schema or not isinstance(schema.get("type", ""), (str, list)):
+            raise ValidationError("Must be a JSON Schema object, e.g. {\"type\": \"object\", "
+                                  "\"properties\": {...}}.")
+        return schema
+
+
+class OpenAIJsonSchema(Schema):
+    """OpenAI's ``response_format.json_schema``: a name, the schema, strictness."""
+
+    name = fields.String(load_default="response", validate=validate.Length(min=1, max=64))
+    schema = JsonSchema(required=True, metadata=describe("The JSON Schema the answer must match."))
+    strict = fields.Boolean(allow_none=True)
+    description = fields.String(allow_none=True)
+
+
+class ResponseFormatBody(Schema):
+    """OpenAI's ``response_format``: text, any JSON object, or JSON matching a schema."""
+
+    type = fields.String(required=True, validate=validate.OneOf(
+        ("text", "json_object", "json_schema")))
+    json_schema = fields.Nested(OpenAIJsonSchema, allow_none=True)
+
+    @validates_schema
+    def check_schema(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        """Require json_schema exactly when the type is json_schema."""
+        if data["type"] == "json_schema" and not data.get("json_schema"):
+            raise ValidationError("Required when type is 'json_schema'.", "json_schema")
+
+    @post_load
+    def to_format(self, data: dict[str, Any], **_kwargs: Any) -> ResponseFormat | None:
+        """Return the gateway's structured-output request (None for plain text)."""
+        if data["type"] == "text":
+            return None
+        if data["type"] == "json_object":
+            return ResponseFormat()
+        spec = data["json_schema"]
+        return ResponseFormat(spec["schema"], spec["name"], spec.get("strict"))
+
+
+def response_format_field() -> fields.Nested:
+    """Return the ``response_format`` field of the native and OpenAI bodies."""
+    return fields.Nested(ResponseFormatBody, allow_none=True, metadata=describe(
+        "Structured output: {\"type\": \"json_object\"}, or {\"type\": \"json_schema\", "
+        "\"json_schema\": {\"name\", \"schema\"}}; Ollama backends get it as 'format'."))
+
+
+def penalty(what: str) -> Number:
+    """Return a presence or frequency penalty field: -2 to 2, as OpenAI takes it."""
+    return Number(allow_none=True, validate=validate.Range(min=-2, max=2),
+                  metadata=describe(f"Penalise tokens {what}, -2 to 2."))

@@ -37,7 +37,11 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Sampling options every backend kind understands; None: the backend's default."""
+    """Sampling options; None: the backend's default.
+
+    Every backend kind understands the first eight; ``repeat_penalty`` and
+    ``num_ctx`` are Ollama's (``OLLAMA_ONLY``), refused for other backends.
+    """
 
     max_tokens: int
     temperature: float | None = None
@@ -45,6 +49,10 @@ class Options:
     top_k: int | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+    num_ctx: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the options that are set, by the gateway's names, as JSON values."""
@@ -54,7 +62,18 @@ class Options:
         return {name: value for name, value in values.items() if value is not None}
 
 
-OPTION_NAMES = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+OPTION_NAMES = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "presence_penalty",
+                "frequency_penalty", "repeat_penalty", "num_ctx")
+OLLAMA_ONLY = ("repeat_penalty", "num_ctx")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """Structured output: any JSON object, or JSON that matches ``schema``."""
+
+    schema: dict[str, Any] | None = None  # None: any JSON object (JSON mode)
+    name: str = "response"  # what OpenAI-compatible servers call the schema
+    strict: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +94,7 @@ class GenerationRequest:
     messages: tuple[Message, ...] = ()
     stream: bool = False
     include_usage: bool = False  # OpenAI's stream_options.include_usage
+    response_format: ResponseFormat | None = None  # structured output
     keep_alive: Any = None  # Ollama's memory hint, as the client sent it
 
     @property

@@ -32,7 +32,9 @@ from flask_inference_gateway.upstream.stream import TokenStream, parse_object
 
 # Gateway option name -> Ollama option name.
 OPTION_NAMES = {"max_tokens": "num_predict", "temperature": "temperature", "top_p": "top_p",
-                "top_k": "top_k", "stop": "stop", "seed": "seed"}
+                "top_k": "top_k", "stop": "stop", "seed": "seed",
+                "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                "repeat_penalty": "repeat_penalty", "num_ctx": "num_ctx"}
 ENDPOINTS = {Op.GENERATE: "/api/generate", Op.CHAT: "/api/chat"}
 
 
@@ -67,6 +69,11 @@ def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
         payload["prompt"] = request.prompt
         if request.system:
             payload["system"] = request.system
+    if request.response_format is not None:
+        schema = request.response_format.schema
+        payload["format"] = "json" if schema is None else schema
+    if request.keep_alive is not None:  # it decides how long the model holds GPU memory
+        payload["keep_alive"] = request.keep_alive
     return payload
 
 

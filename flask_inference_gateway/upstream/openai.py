@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_inference_gateway.core.errors import BackendError
+from flask_inference_gateway.core.errors import BackendError, ValidationFailed
 from flask_inference_gateway.core.types import (
+    OLLAMA_ONLY,
     Completion,
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
     Op,
     Probe,
+    ResponseFormat,
     Timeouts,
     Usage,
 )
@@ -28,18 +30,44 @@ def usage_of(data: dict[str, Any] | None) -> Usage:
                  completion_tokens=data.get("completion_tokens") or 0)
 
 
+def options_of(request: GenerationRequest) -> dict[str, Any]:
+    """Return the request's options by OpenAI's names; refuse Ollama's own options."""
+    options = request.options.to_dict()
+    foreign = [name for name in OLLAMA_ONLY if name in options]
+    if foreign:
+        raise ValidationFailed(fields={"options": {name: [
+            "Only Ollama backends take this option; the model is served by an "
+            "OpenAI-compatible backend here."] for name in foreign}})
+    # Every other gateway option has the same name here (top_k is an extension
+    # that vLLM and llama.cpp accept).
+    return options
+
+
+def response_format_of(response_format: ResponseFormat) -> dict[str, Any]:
+    """Return OpenAI's ``response_format`` for the gateway's structured-output request."""
+    if response_format.schema is None:
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": response_format.name, "schema": response_format.schema}
+    if response_format.strict is not None:
+        spec["strict"] = response_format.strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
 def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
-    """Translate a gateway request into an OpenAI request body."""
-    # Every gateway option has the same name here (top_k is an extension that
-    # vLLM and llama.cpp accept).
+    """Translate a gateway request into an OpenAI request body.
+
+    ``keep_alive`` (Ollama's memory hint) has no meaning here and is left out.
+    """
     payload: dict[str, Any] = {"model": request.model, "stream": stream,
-                               **request.options.to_dict()}
+                               **options_of(request)}
     if request.op is Op.CHAT:
         payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
     else:
         # The completions API has no system prompt: it leads the prompt instead.
         system = request.system
         payload["prompt"] = f"{system}\n\n{request.prompt}" if system else request.prompt
+    if request.response_format is not None:
+        payload["response_format"] = response_format_of(request.response_format)
     if stream:
         payload["stream_options"] = {"include_usage": True}
     return payload

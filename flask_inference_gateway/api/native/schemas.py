@@ -6,7 +6,14 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
-from flask_inference_gateway.api.fields import ROLES, Number, describe, options_from
+from flask_inference_gateway.api.fields import (
+    ROLES,
+    Number,
+    describe,
+    options_from,
+    penalty,
+    response_format_field,
+)
 from flask_inference_gateway.core.types import GenerationRequest, Message, Op
 
 
@@ -29,6 +36,9 @@ class GenerationOptions(Schema):
                        validate=validate.Length(max=16),
                        metadata=describe("Strings that end the generation."))
     seed = fields.Integer(strict=True, metadata=describe("Seed for reproducible sampling."))
+    presence_penalty = penalty("that appeared at all")
+    frequency_penalty = penalty("by how often they appeared")
+    response_format = response_format_field()
 
     def __init__(self, *, max_tokens_limit: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -49,7 +59,7 @@ class GenerationOptions(Schema):
         messages = tuple(Message(m["role"], m["content"]) for m in data.get("messages", ()))
         return GenerationRequest(self.op, options, model=data.get("model") or "",
                                  prompt=data.get("prompt", ""), system=data.get("system"),
-                                 messages=messages)
+                                 messages=messages, response_format=data.get("response_format"))
 
 
 class GenerateRequest(GenerationOptions):

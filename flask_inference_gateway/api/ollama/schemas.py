@@ -1,12 +1,13 @@
 """Request and response bodies of the Ollama-compatible API (/api/*), in Ollama's names.
 
-Ollama fields the gateway cannot honour on every backend (``format``,
-``images``, ``tools``, ``raw``, ``template``, ``context``, ``suffix``,
-``think``, ...) are accepted only with their neutral value (absent, null,
-``false``, ``""``, ``[]``, ``{}``, ``0``); any other value is refused with a
-400 that names the field. So are options other than the six the gateway
-translates. ``keep_alive`` (a memory hint) and ``truncate`` are accepted and
-ignored. Unknown fields are refused, as on the gateway's own routes.
+Ollama fields the gateway cannot honour on every backend yet (``images``,
+``tools``, ``raw``, ``template``, ``context``, ``suffix``, ``think``, ...) are
+accepted only with their neutral value (absent, null, ``false``, ``""``,
+``[]``, ``{}``, ``0``); any other value is refused with a 400 that names the
+field. So are options other than the ten the gateway translates. ``format``
+(structured output) and ``keep_alive`` (a memory hint) are forwarded to Ollama
+backends; ``format`` becomes ``response_format`` for OpenAI-compatible ones.
+``truncate`` is accepted and ignored. Unknown fields are refused, as on the gateway's own routes.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from marshmallow import (
     validates_schema,
 )
 
-from flask_inference_gateway.api.fields import ROLES, Number, describe, options_from
+from flask_inference_gateway.api.fields import ROLES, Number, describe, options_from, penalty
 from flask_inference_gateway.core.types import (
     EmbeddingRequest,
     GenerationRequest,
     Message,
     Op,
+    ResponseFormat,
 )
 
 NOT_SUPPORTED = "Not supported by this gateway; leave it out."
-OPTIONS = ("num_predict", "temperature", "top_p", "top_k", "stop", "seed")
+OPTIONS = ("num_predict", "temperature", "top_p", "top_k", "stop", "seed", "presence_penalty",
+           "frequency_penalty", "repeat_penalty", "num_ctx")
 
 
 def unsupported(what: str) -> fields.Raw:
@@ -66,6 +69,26 @@ class OllamaOptions(Schema):
     stop = fields.List(fields.String(validate=validate.Length(min=1)),
                        validate=validate.Length(max=16))
     seed = fields.Integer(strict=True)
+    presence_penalty = penalty("that appeared at all")
+    frequency_penalty = penalty("by how often they appeared")
+    repeat_penalty = Number(allow_none=True, validate=validate.Range(min=0), metadata=describe(
+        "Penalise repetition (1: none); Ollama backends only."))
+    num_ctx = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1),
+                             metadata=describe("Context window in tokens; Ollama backends only."))
+
+
+class Format(fields.Field):
+    """Ollama's ``format``: "json", a JSON Schema, or nothing ("" or null)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any,
+                     **kwargs: Any) -> ResponseFormat | None:
+        if value in ("", None):
+            return None
+        if value == "json":
+            return ResponseFormat()
+        if isinstance(value, dict) and value and isinstance(value.get("type", ""), (str, list)):
+            return ResponseFormat(value)
+        raise ValidationError('Must be "json" or a JSON Schema object.')
 
 
 class OllamaRequest(Schema):
@@ -76,8 +99,11 @@ class OllamaRequest(Schema):
     stream = fields.Boolean(load_default=True, metadata=describe(
         "Stream NDJSON lines (the default), or answer with one JSON object."))
     options = fields.Nested(OllamaOptions, allow_none=True)
-    keep_alive = fields.Raw(allow_none=True, metadata=describe("Accepted and ignored."))
-    format = unsupported("Structured output")
+    keep_alive = fields.Raw(allow_none=True, metadata=describe(
+        "How long the backend keeps the model in memory (\"5m\", 0 to unload); "
+        "forwarded to Ollama backends."))
+    format = Format(allow_none=True, metadata=describe(
+        'Structured output: "json", or a JSON Schema the answer must match.'))
     op = Op.GENERATE  # what a loaded body asks for
 
     def __init__(self, *, max_tokens_limit: int = 4096, **kwargs: Any) -> None:
@@ -103,6 +129,7 @@ class OllamaRequest(Schema):
         return GenerationRequest(self.op, sampling, model=data.get("model") or "",
                                  prompt=data.get("prompt", ""), system=data.get("system"),
                                  messages=messages, stream=data["stream"],
+                                 response_format=data.get("format"),
                                  keep_alive=data.get("keep_alive"))
     think = unsupported("Thinking")
     logprobs = unsupported("Log probabilities")

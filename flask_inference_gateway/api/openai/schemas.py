@@ -2,9 +2,8 @@
 
 Loading a request returns the gateway's typed request (``GenerationRequest``
 or ``EmbeddingRequest``), with how to answer it (``stream``, usage, encoding).
-OpenAI fields the gateway cannot honour (tools, response_format, logprobs,
-penalties, n > 1, ...) are accepted
-only with their neutral value (``[]``, ``{"type": "text"}``, ``false``, ``0``,
+OpenAI fields the gateway cannot honour (tools, logprobs, n > 1, ...) are
+accepted only with their neutral value (``[]``, ``{"type": "text"}``, ``false``, ``0``,
 ``1``): any other value is refused with a 422 that names the field, rather than
 answered as if it had not been sent. ``user`` is accepted and ignored; unknown
 fields are refused, as on the gateway's own routes.
@@ -24,7 +23,13 @@ from marshmallow import (
     validates_schema,
 )
 
-from flask_inference_gateway.api.fields import Number, describe, options_from
+from flask_inference_gateway.api.fields import (
+    Number,
+    describe,
+    options_from,
+    penalty,
+    response_format_field,
+)
 from flask_inference_gateway.core import types
 from flask_inference_gateway.core.types import GenerationRequest, Op
 
@@ -136,8 +141,8 @@ class Sampling(Schema):
     n = fields.Integer(strict=True, allow_none=True, validate=validate.Equal(
         1, error="Only n=1 is supported."))
     user = fields.String(allow_none=True, metadata=describe("Ignored."))
-    presence_penalty = neutral(0)
-    frequency_penalty = neutral(0)
+    presence_penalty = penalty("that appeared at all")
+    frequency_penalty = penalty("by how often they appeared")
     logit_bias = neutral({})
 
     def __init__(self, *, max_tokens_limit: int = 4096, **kwargs: Any) -> None:
@@ -160,7 +165,8 @@ class Sampling(Schema):
         options = options_from(data, tokens)
         usage = bool((data.get("stream_options") or {}).get("include_usage"))
         return GenerationRequest(op, options, model=data.get("model") or "",
-                                 stream=bool(data.get("stream")), include_usage=usage, **fields)
+                                 stream=bool(data.get("stream")), include_usage=usage,
+                                 response_format=data.get("response_format"), **fields)
 
 
 class ChatCompletionRequest(Sampling):
@@ -174,7 +180,7 @@ class ChatCompletionRequest(Sampling):
                                            metadata=describe("Wins over max_tokens."))
     logprobs = neutral(False)
     top_logprobs = neutral(0)
-    response_format = neutral({"type": "text"})
+    response_format = response_format_field()
     tools = neutral([])
     tool_choice = neutral("none", "auto")
     parallel_tool_calls = neutral(True, False)

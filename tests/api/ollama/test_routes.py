@@ -115,30 +115,36 @@ def test_stream_is_ndjson_lines_then_a_done_line(client: FlaskClient, kind: str)
     ({}, {"num_predict": 4096}),
     ({"options": {"num_predict": -1}}, {"num_predict": 4096}),
     ({"system": "Be brief.", "keep_alive": "5m"}, {"num_predict": 4096}),
-], ids=["every-option", "no-options", "no-limit", "system-and-keep-alive"])
+    ({"options": {"presence_penalty": 0.5, "frequency_penalty": -0.5, "repeat_penalty": 1.1,
+                  "num_ctx": 2048}},
+     {"num_predict": 4096, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+      "repeat_penalty": 1.1, "num_ctx": 2048}),
+], ids=["every-option", "no-options", "no-limit", "system-and-keep-alive", "penalties-and-context"])
 def test_options_are_translated(client: FlaskClient, fake_ollama: FakeOllama,
                                 body: dict[str, Any], sent: dict[str, Any]) -> None:
     response = client.post("/api/generate", json=body_for("generate", stream=False, **body))
     assert response.status_code == 200, response.get_data(as_text=True)
     seen = fake_ollama.requests_seen[0]
     assert seen["options"] == sent
-    assert seen.get("system") == body.get("system") and "keep_alive" not in seen
+    assert seen.get("system") == body.get("system")
+    # keep_alive decides how long the model holds GPU memory: it reaches the backend.
+    assert seen.get("keep_alive") == body.get("keep_alive")
 
 
 @pytest.mark.parametrize(("body", "field"), [
-    (body_for("generate", format="json"), "format"),
+    (body_for("generate", format="yaml"), "format"),
     (body_for("generate", images=["aGk="]), "images"),
     (body_for("generate", raw=True), "raw"),
     (body_for("generate", think=True), "think"),
-    (body_for("generate", options={"num_ctx": 8192}), "options.num_ctx"),
+    (body_for("generate", options={"num_ctx": 0}), "options.num_ctx"),
     (body_for("generate", options={"num_predict": 5000}), "options.num_predict"),
     (body_for("generate", suffix="end"), "suffix"),
     (body_for("generate", nonsense=1), "nonsense"),
     (body_for("chat", tools=[{"type": "function"}]), "tools"),
     ({"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "messages[0].images"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-], ids=["format", "images", "raw", "think", "num-ctx", "over-max-tokens", "suffix", "unknown",
-        "tools", "message-images", "bad-role"])
+], ids=["bad-format", "images", "raw", "think", "bad-num-ctx", "over-max-tokens", "suffix",
+        "unknown", "tools", "message-images", "bad-role"])
 def test_what_cannot_be_honoured_is_a_400_naming_it(client: FlaskClient, fake_ollama: FakeOllama,
                                                      body: dict[str, Any], field: str) -> None:
     kind = "chat" if "messages" in body else "generate"
