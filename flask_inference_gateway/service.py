@@ -34,10 +34,12 @@ Request = TypeVar("Request", GenerationRequest, EmbeddingRequest)
 class Generation:
     """A started stream, and what is settled when its owner closes it.
 
-    The owner (the API's relay) reads ``stream`` and calls ``close`` once, in
-    a ``finally``; closing settles, in this order: the upstream response (an
-    unfinished one is aborted, so the GPU stops), the backend's health and
-    slot, the key's stream slot and token charge, the open-streams gauge.
+    The owner (the API's relay for a stream, ``complete`` for a whole answer)
+    reads ``stream`` and calls ``close`` once, in a ``finally``; closing
+    settles, in this order: the upstream response (an unfinished one is
+    aborted, so the GPU stops), the backend's health and slot, then
+    ``settle``: the key's stream slot, its token charge and the open-streams
+    gauge, as the request holds them.
     """
 
     def __init__(self, routed: RoutedStream, router: Router,
@@ -47,7 +49,6 @@ class Generation:
         self._router = router
         self._settle = settle
         self._closed = False
-        metrics.STREAMS.inc()
 
     def __enter__(self) -> Generation:
         return self
@@ -66,7 +67,6 @@ class Generation:
                     self._router.settle(self._routed)
                 finally:
                     self._settle(self.stream)
-                    metrics.STREAMS.dec()
         return self.stream.outcome()
 
 
@@ -108,13 +108,14 @@ class InferenceService:
 
     def complete(self, request: GenerationRequest, principal: Principal,
                  gone: Callable[[], bool] = never_gone) -> Completion:
-        """Run a generation to its end."""
-        completion = self.router.complete(self._admit(request, principal), gone)
+        """Run a generation to its end: streamed from the backend, answered whole."""
+        request = self._admit(request, principal)
+        settle = self._charger(principal, _release_nothing, request.estimate_prompt_tokens())
+        with Generation(self.router.open_stream(request, gone), self.router, settle) as whole:
+            completion = whole.stream.collect(gone)
         context.note_usage(completion.usage)
         if self.log_prompts:
             context.note_output(completion.text)
-        if self.ledger:
-            self.ledger.charge(principal, completion.usage.total)
         return completion
 
     def embed(self, request: EmbeddingRequest, principal: Principal,
@@ -137,15 +138,26 @@ class InferenceService:
             release()
             raise
         routed.stream.keep_text = self.log_prompts
-        settle = (self._charger(principal, release, request.estimate_prompt_tokens())
-                  if self.ledger else nothing_to_settle)
+        metrics.STREAMS.inc()
+        charge = self._charger(principal, release, request.estimate_prompt_tokens())
+
+        def settle(stream: TokenStream) -> None:
+            try:
+                charge(stream)
+            finally:
+                metrics.STREAMS.dec()
+
         return Generation(routed, self.router, settle)
 
     def _charger(self, principal: Principal, release: Callable[[], None],
                  prompt_estimate: int) -> Callable[[TokenStream], None]:
-        """Return the settling of a closed stream: its slot back, its tokens charged."""
+        """Return the settling of a closed stream: its slot back, its tokens charged.
+
+        A stream cut short is charged its prompt's estimate and the pieces relayed.
+        """
         ledger = self.ledger
-        assert ledger is not None
+        if ledger is None:
+            return nothing_to_settle
 
         def settle(stream: TokenStream) -> None:
             usage = stream.usage if stream.finished else Usage(prompt_estimate, stream.pieces)

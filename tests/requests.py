@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask_inference_gateway.core.types import (
+    Completion,
     EmbeddingRequest,
     GenerationRequest,
     Message,
@@ -29,3 +30,10 @@ def typed(kind: str, request: dict[str, Any]) -> GenerationRequest:
 def embedding(model: str, inputs: list[str]) -> EmbeddingRequest:
     """Return the EmbeddingRequest of ``inputs`` for ``model``."""
     return EmbeddingRequest(tuple(inputs), model=model)
+
+
+def whole(backend: Any, request: GenerationRequest) -> Completion:
+    """Return the whole answer of ``request``, streamed from ``backend`` as the service does."""
+    with backend.stream(request) as stream:
+        stream.prime()
+        return stream.collect()

@@ -22,6 +22,25 @@ from flask_inference_gateway.security.keys import Principal
 from flask_inference_gateway.service import InferenceService
 
 
+class FinishedStream:
+    """A stream whose whole answer is already there."""
+
+    def __init__(self, model: str) -> None:
+        self.model, self.finished, self.usage, self.pieces = model, True, Usage(1, 1), 1
+
+    def prime(self) -> None:
+        pass
+
+    def collect(self, gone: Any = None) -> Completion:
+        return Completion(self.model, "text", "stop", self.usage)
+
+    def close(self) -> None:
+        pass
+
+    def outcome(self) -> None:
+        return None
+
+
 class StubBackend:
     kind = "ollama"
     base_url = "http://gpu:11434"
@@ -31,10 +50,9 @@ class StubBackend:
         self.calls: list[tuple[str, Any]] = []
         self.down = False
 
-    def complete(self, request: GenerationRequest,
-                 deadline: float | None = None) -> Completion:
+    def stream(self, request: GenerationRequest, deadline: float | None = None) -> Any:
         self.calls.append((request.op.value, request))
-        return Completion(request.model, "text", "stop", Usage(1, 1))
+        return FinishedStream(request.model)
 
     def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
         self.calls.append(("tags", None))

@@ -35,7 +35,6 @@ from flask_inference_gateway.core.errors import (
     NoBackendAvailable,
 )
 from flask_inference_gateway.core.types import (
-    Completion,
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
@@ -55,9 +54,6 @@ class Backend(Protocol):
     kind: str
     base_url: str
     timeouts: Timeouts
-
-    def complete(self, request: GenerationRequest,
-                 deadline: float | None = None) -> Completion: ...
 
     def stream(self, request: GenerationRequest,
                deadline: float | None = None) -> TokenStream: ...

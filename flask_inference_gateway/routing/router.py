@@ -27,7 +27,6 @@ from flask_inference_gateway.core.errors import (
     GatewayError,
 )
 from flask_inference_gateway.core.types import (
-    Completion,
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
@@ -74,14 +73,6 @@ class Router:
         self.timeouts = timeouts
         self.max_attempts = max_attempts
         self.probe_timeout = probe_timeout
-
-    def complete(self, request: GenerationRequest,
-                 gone: Callable[[], bool] = never_gone) -> Completion:
-        """Run a generation to its end on the first backend that takes it."""
-        node, completion = self._attempt(
-            request.model, lambda n, deadline: n.backend.complete(request, deadline), gone)
-        self._settle(node, request.model, None)
-        return completion
 
     def embed(self, request: EmbeddingRequest,
               gone: Callable[[], bool] = never_gone) -> Embeddings:

@@ -11,7 +11,6 @@ import requests
 
 from flask_inference_gateway.core.errors import BackendError
 from flask_inference_gateway.core.types import (
-    Completion,
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
@@ -55,14 +54,15 @@ def decode_line(stream: TokenStream, line: bytes) -> str | None:
     """Return the piece in one streamed NDJSON line; record the usage on the final one."""
     data = parse_object(line)
     if data.get("done"):
-        stream.finish(data.get("done_reason"), usage_of(data))
+        stream.finish(data.get("done_reason"), usage_of(data), data.get("model"))
     return text_of(data)
 
 
-def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
-    """Translate a gateway request into an Ollama request body."""
+def build_payload(request: GenerationRequest) -> dict[str, Any]:
+    """Translate a gateway request into an Ollama request body, always streamed (whole
+    answers are assembled by the gateway, under the same timeouts)."""
     options = {OPTION_NAMES[name]: value for name, value in request.options.to_dict().items()}
-    payload: dict[str, Any] = {"model": request.model, "stream": stream, "options": options}
+    payload: dict[str, Any] = {"model": request.model, "stream": True, "options": options}
     if request.op is Op.CHAT:
         payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
     else:
@@ -136,20 +136,9 @@ class OllamaBackend(BackendClient):
     def __init__(self, base_url: str, *, timeouts: Timeouts, pool_size: int) -> None:
         super().__init__(base_url, timeouts=timeouts, pool_size=pool_size)
 
-    def complete(self, request: GenerationRequest,
-                 deadline: float | None = None) -> Completion:
-        """Run one generation to its end and return it whole."""
-        data = self.post_whole(ENDPOINTS[request.op], build_payload(request, False), deadline,
-                               self.timeouts.total)
-        if not isinstance(data, dict) or "error" in data:
-            message = data.get("error") if isinstance(data, dict) else "not a JSON object"
-            raise BackendError(f"The model backend failed: {message}")
-        return Completion(model=data.get("model") or request.model, text=text_of(data),
-                          done_reason=data.get("done_reason"), usage=usage_of(data))
-
     def stream(self, request: GenerationRequest, deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller owns (closes) the returned stream."""
-        return self.post_stream(ENDPOINTS[request.op], build_payload(request, True),
+        return self.post_stream(ENDPOINTS[request.op], build_payload(request),
                                 decode_line, request.model, deadline)
 
     def embed(self, request: EmbeddingRequest, deadline: float | None = None) -> Embeddings:

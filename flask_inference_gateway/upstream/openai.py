@@ -7,7 +7,6 @@ from typing import Any
 from flask_inference_gateway.core.errors import BackendError, ValidationFailed
 from flask_inference_gateway.core.types import (
     OLLAMA_ONLY,
-    Completion,
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
@@ -53,12 +52,12 @@ def response_format_of(response_format: ResponseFormat) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
-def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
-    """Translate a gateway request into an OpenAI request body.
+def build_payload(request: GenerationRequest) -> dict[str, Any]:
+    """Translate a gateway request into an OpenAI request body, always streamed.
 
     ``keep_alive`` (Ollama's memory hint) has no meaning here and is left out.
     """
-    payload: dict[str, Any] = {"model": request.model, "stream": stream,
+    payload: dict[str, Any] = {"model": request.model, "stream": True,
                                **options_of(request)}
     if request.op is Op.CHAT:
         payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
@@ -68,8 +67,7 @@ def build_payload(request: GenerationRequest, stream: bool) -> dict[str, Any]:
         payload["prompt"] = f"{system}\n\n{request.prompt}" if system else request.prompt
     if request.response_format is not None:
         payload["response_format"] = response_format_of(request.response_format)
-    if stream:
-        payload["stream_options"] = {"include_usage": True}
+    payload["stream_options"] = {"include_usage": True}
     return payload
 
 
@@ -91,6 +89,7 @@ class StreamDecoder:
     def __init__(self) -> None:
         self.done_reason: str | None = None
         self.usage = Usage()
+        self.model: str | None = None
 
     def __call__(self, stream: TokenStream, line: bytes) -> str | None:
         """Return the piece in one SSE line; finish the stream on ``[DONE]``."""
@@ -98,9 +97,10 @@ class StreamDecoder:
             return None  # comments, event names, ids
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            stream.finish(self.done_reason, self.usage)
+            stream.finish(self.done_reason, self.usage, self.model)
             return None
         data = parse_object(payload)
+        self.model = self.model or data.get("model")
         if data.get("usage"):
             self.usage = usage_of(data["usage"])
         choices = data.get("choices") or []
@@ -122,22 +122,9 @@ class OpenAIBackend(BackendClient):
         super().__init__(base_url, timeouts=timeouts, pool_size=pool_size,
                          headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
 
-    def complete(self, request: GenerationRequest,
-                 deadline: float | None = None) -> Completion:
-        """Run one generation to its end and return it whole."""
-        data = self.post_whole(ENDPOINTS[request.op], build_payload(request, False), deadline,
-                               self.timeouts.total)
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not choices or not isinstance(choices, list):
-            raise BackendError("The model backend answered without a choice.")
-        text = choice_text(choices[0])
-        return Completion(model=data.get("model") or request.model, text=text,
-                          done_reason=choices[0].get("finish_reason"),
-                          usage=usage_of(data.get("usage")))
-
     def stream(self, request: GenerationRequest, deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller owns (closes) the returned stream."""
-        return self.post_stream(ENDPOINTS[request.op], build_payload(request, True),
+        return self.post_stream(ENDPOINTS[request.op], build_payload(request),
                                 StreamDecoder(), request.model, deadline)
 
     def embed(self, request: EmbeddingRequest, deadline: float | None = None) -> Embeddings:

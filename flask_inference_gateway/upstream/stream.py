@@ -14,6 +14,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -25,9 +26,16 @@ from flask_inference_gateway.core.errors import (
     ClientLeft,
     GatewayError,
 )
-from flask_inference_gateway.core.types import StreamOutcome, Timeouts, Usage
+from flask_inference_gateway.core.types import (
+    Completion,
+    StreamOutcome,
+    Timeouts,
+    Usage,
+    never_gone,
+)
 from flask_inference_gateway.upstream.body import SILENCE, BodyReader
 from flask_inference_gateway.upstream.http import abort_response, translate_errors
+from flask_inference_gateway.upstream.watch import ClientWatch
 
 # Takes one line of the upstream body; returns its text piece (None: no text),
 # and calls ``stream.finish`` on the final line.
@@ -206,15 +214,36 @@ class TokenStream:
         if self.keep_text:
             self._text.extend(pieces)
 
-    def finish(self, done_reason: str | None, usage: Usage) -> None:
-        """Record the backend's final figures; called by the adapter's line decoder."""
+    def finish(self, done_reason: str | None, usage: Usage, model: str | None = None) -> None:
+        """Record the backend's final figures (and its name of the model, when it gave
+        one); called by the adapter's line decoder."""
         self.done_reason, self.usage, self.finished = done_reason, usage, True
+        self.model = model or self.model
 
     def interrupt(self, error: GatewayError) -> None:
         """Stop the upstream generation now; the reader then raises ``error``."""
         if not self._closed and not self._body.complete:
             self._interrupted = error
             abort_response(self._response)
+
+    def collect(self, gone: Callable[[], bool] = never_gone) -> Completion:
+        """Read the rest of the stream into one whole answer.
+
+        A whole answer is streamed from the backend too, so the first-token and
+        between-token timeouts bound it as they bound a stream. Nothing reaches
+        the client until the end, so its departure is watched for meanwhile: it
+        shuts the upstream socket down and raises ClientLeft.
+        """
+        watch = ClientWatch(gone)
+        watch.connection = getattr(self._response.raw, "_connection", None)
+        with watch if gone is not never_gone else nullcontext():
+            try:
+                text = "".join(self)
+            except GatewayError as exc:
+                if watch.left:
+                    raise ClientLeft() from exc
+                raise
+        return Completion(self.model, text, self.done_reason, self.usage)
 
     def cancel(self) -> None:
         """Stop the upstream generation for a client that cancelled or left; the read ends."""

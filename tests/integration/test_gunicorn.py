@@ -216,7 +216,7 @@ def test_whole_answer(gateway: GatewayProcess, fake: FakeOllama, path: str) -> N
     assert answer["usage"]["completion_tokens"] == 4
     usage = answer["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert fake.requests_seen[-1]["stream"] is False
+    assert fake.requests_seen[-1]["stream"] is True  # whole answers are streamed upstream too
 
 
 @pytest.mark.parametrize("path", STREAM_ROUTES, ids=["generate", "chat"])

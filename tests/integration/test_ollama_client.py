@@ -68,7 +68,7 @@ def test_whole_answer(gateway: GatewayProcess, fake: FakeOllama, kind: str) -> N
     assert text == "".join(PIECES[:8 if kind == "chat" else 5])
     assert answer.done and answer.done_reason == ("stop" if kind == "chat" else "length")
     assert answer.eval_count == (8 if kind == "chat" else 5) and answer.prompt_eval_count
-    assert fake.requests_seen[-1]["stream"] is False
+    assert fake.requests_seen[-1]["stream"] is True  # whole answers are streamed upstream too
 
 
 @pytest.mark.parametrize("kind", ["generate", "chat"])

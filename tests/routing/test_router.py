@@ -51,6 +51,10 @@ class StubStream:
         if self.prime_error is not None:
             raise self.prime_error
 
+    def collect(self) -> Completion:
+        self.finished = True
+        return Completion("m", self.text, "stop", Usage(1, 1))
+
     def close(self) -> None:
         self.closed = True
 
@@ -74,11 +78,6 @@ class StubBackend:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome() if callable(outcome) else outcome
-
-    def complete(self, request: GenerationRequest,
-                 deadline: float | None = None) -> Completion:
-        self._next(deadline)
-        return Completion(request.model, self.name, "stop", Usage(1, 1))
 
     def stream(self, request: GenerationRequest,
                deadline: float | None = None) -> StubStream:
@@ -120,10 +119,19 @@ def open_stream(router: Router, request: GenerationRequest) -> Any:
     return stream
 
 
+def complete(router: Router, request: GenerationRequest) -> Completion:
+    """Serve a whole answer as the service does: open a stream, collect it, close it."""
+    stream = open_stream(router, request)
+    try:
+        return stream.collect()
+    finally:
+        stream.close()
+
+
 def run(router: Router, call: str) -> str:
     """Serve REQUEST by ``call``; return the name of the backend that answered."""
     if call == "complete":
-        return router.complete(typed("generate", REQUEST)).text
+        return complete(router, typed("generate", REQUEST)).text
     stream: Any = open_stream(router, typed("generate", REQUEST))
     stream.finished = True
     stream.close()
@@ -175,7 +183,7 @@ def test_never_retried(where: str, error: GatewayError, counted: int) -> None:
     a, b = StubBackend("a", ("prime", error) if where == "prime" else error), StubBackend("b")
     router = router_of(a, b)
     with pytest.raises(type(error)) as raised:
-        open_stream(router, typed("generate", REQUEST)) if where == "prime" else router.complete(
+        open_stream(router, typed("generate", REQUEST)) if where == "prime" else complete(router,
             typed("generate", REQUEST))
     assert raised.value is error
     assert (a.calls, b.calls) == (1, 0)
@@ -187,14 +195,14 @@ def test_max_attempts_bounds_the_backends_tried() -> None:
     backends = [StubBackend(name, BackendUnavailable()) for name in "abcd"]
     router = router_of(*backends, max_attempts=2)
     with pytest.raises(BackendUnavailable):
-        router.complete(typed("generate", REQUEST))
+        complete(router, typed("generate", REQUEST))
     assert sum(b.calls for b in backends) == 2
     assert backends[0].calls == 1
 
 
 def test_the_last_error_is_raised_when_every_backend_failed() -> None:
     router = router_of(StubBackend("a", BackendBusy()), StubBackend("b", BackendTimeout()))
-    pytest.raises(BackendTimeout, router.complete, typed("generate", REQUEST))
+    pytest.raises(BackendTimeout, complete, router, typed("generate", REQUEST))
     assert in_flight(router) == [0, 0]
 
 
@@ -207,7 +215,7 @@ def test_no_retry_past_the_deadline() -> None:
     router = router_of(a, b, total=0.1)
     started = time.monotonic()
     with pytest.raises(BackendUnavailable):
-        router.complete(typed("generate", REQUEST))
+        complete(router, typed("generate", REQUEST))
     assert b.calls == 0
     assert a.deadlines[0] == pytest.approx(started + 0.1, abs=0.05)
 
@@ -222,23 +230,23 @@ def test_breaker_counts_unhealthy_errors_only(error: GatewayError, opens: bool) 
     router = router_of(a, breaker_failures=2, breaker_cooldown=60)
     for _ in range(2):
         with pytest.raises(type(error)):
-            router.complete(typed("generate", REQUEST))
+            complete(router, typed("generate", REQUEST))
     assert failures(router) == [2 if opens else 0]
     if opens:
         with pytest.raises(NoBackendAvailable) as raised:
-            router.complete(typed("generate", REQUEST))
+            complete(router, typed("generate", REQUEST))
         assert raised.value.headers == {"Retry-After": "60"}
     else:
-        assert router.complete(typed("generate", REQUEST)).text == "a"
+        assert complete(router, typed("generate", REQUEST)).text == "a"
     assert a.calls == (2 if opens else 3)
 
 
 def test_unexpected_exceptions_free_the_slot() -> None:
     router = router_of(StubBackend("a", KeyError("choices")), max_concurrency=1)
     with pytest.raises(KeyError):
-        router.complete(typed("generate", REQUEST))
+        complete(router, typed("generate", REQUEST))
     assert in_flight(router) == [0]
-    assert router.complete(typed("generate", REQUEST)).text == "a"
+    assert complete(router, typed("generate", REQUEST)).text == "a"
 
 
 @pytest.mark.parametrize(("finished", "error", "failures_after", "loaded"), [
@@ -264,7 +272,7 @@ def test_closing_a_stream_settles_its_slot(finished: bool, error: str | None,
 
 def test_a_completion_marks_the_model_loaded() -> None:
     router = router_of(StubBackend("a", BackendUnavailable()), StubBackend("b"))
-    router.complete(typed("generate", {"model": "new:latest", "prompt": "x"}))
+    complete(router, typed("generate", {"model": "new:latest", "prompt": "x"}))
     b = router.pool.nodes[1]
     assert {"new", "new:latest"} <= b.loaded and b.failures == 0
 

@@ -11,7 +11,7 @@ from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.upstream.body import ChunkedDecoder
 from flask_inference_gateway.upstream.ollama import OllamaBackend
 from tests.fake_ollama import FakeOllama
-from tests.requests import typed
+from tests.requests import typed, whole
 
 ENCODED = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"
 DECODED = b"hello 0123456789"
@@ -50,7 +50,7 @@ def test_streams_reuse_one_pooled_connection(fake_ollama: FakeOllama) -> None:
         assert len(list(stream)) == 8
         stream.close()
     assert fake_ollama.connections_accepted == 1
-    assert backend.complete(typed("generate", {"model": "sim", "prompt": "hi"})).text
+    assert whole(backend, typed("generate", {"model": "sim", "prompt": "hi"})).text
 
 
 def test_silence_yields_heartbeats_then_times_out(fake_ollama: FakeOllama) -> None:

@@ -30,7 +30,7 @@ from flask_inference_gateway.upstream.ollama import (
 )
 from flask_inference_gateway.upstream.stream import TokenStream
 from tests.conftest import MOCK_URL
-from tests.requests import typed
+from tests.requests import typed, whole
 
 TIMEOUTS = Timeouts(connect=1.5, first_token=30.0, between_tokens=20.0, total=600.0)
 FINAL = {"done": True, "done_reason": "stop", "prompt_eval_count": 4, "eval_count": 2}
@@ -51,9 +51,9 @@ def generate_request(**extra: Any) -> dict[str, Any]:
 
 def test_payload_maps_options_to_ollama_names() -> None:
     payload = build_payload(typed("generate", generate_request(top_p=0.9, top_k=5, stop=["\n"],
-                                                         seed=7, system="Be brief")), False)
+                                                         seed=7, system="Be brief")))
     assert payload == {"model": "llama3.2", "prompt": "Hi", "system": "Be brief",
-                       "stream": False,
+                       "stream": True,
                        "options": {"num_predict": 16, "temperature": 0.2, "top_p": 0.9,
                                    "top_k": 5, "stop": ["\n"], "seed": 7}}
 
@@ -61,7 +61,7 @@ def test_payload_maps_options_to_ollama_names() -> None:
 def test_chat_payload_carries_messages() -> None:
     messages = [{"role": "user", "content": "Hi"}]
     payload = build_payload(typed("chat", {"model": "m", "messages": messages,
-                                           "max_tokens": 3}), True)
+                                           "max_tokens": 3}))
     assert payload == {"model": "m", "messages": messages, "stream": True,
                        "options": {"num_predict": 3}}
 
@@ -69,18 +69,18 @@ def test_chat_payload_carries_messages() -> None:
 def test_complete_generate(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{MOCK_URL}/api/generate",
                 json={"model": "llama3.2", "response": "Hello there", **FINAL})
-    completion = backend.complete(typed("generate", generate_request()))
+    completion = whole(backend, typed("generate", generate_request()))
     assert (completion.text, completion.done_reason) == ("Hello there", "stop")
     assert completion.usage.to_dict() == {"prompt_tokens": 4, "completion_tokens": 2,
                                           "total_tokens": 6}
     sent = json.loads(mocked.calls[0].request.body)
-    assert sent["stream"] is False and sent["options"]["num_predict"] == 16
+    assert sent["stream"] is True and sent["options"]["num_predict"] == 16
 
 
 def test_complete_chat(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
     mocked.post(f"{MOCK_URL}/api/chat", json={
         "model": "llama3.2", "message": {"role": "assistant", "content": "Yes"}, **FINAL})
-    completion = backend.complete(typed("chat", {"model": "llama3.2", "max_tokens": 4,
+    completion = whole(backend, typed("chat", {"model": "llama3.2", "max_tokens": 4,
                                            "messages": [{"role": "user", "content": "Ok?"}]}))
     assert completion.text == "Yes"
 
@@ -91,17 +91,16 @@ def test_every_call_passes_connect_and_read_timeouts(
     mocked.post(f"{MOCK_URL}/api/chat", body=ndjson({"message": {"content": "x"}}, FINAL))
     mocked.get(f"{MOCK_URL}/api/tags", json={"models": []})
     mocked.get(f"{MOCK_URL}/api/version", json={"version": "0.12.0"})
-    backend.complete(typed("generate", generate_request()))
+    whole(backend, typed("generate", generate_request()))
     stream = backend.stream(typed("chat", {"model": "m", "messages": []}))
     list(stream)
     stream.close()
     backend.list_models()
     backend.version(2.0)
     timeouts = [call.request.req_kwargs["timeout"] for call in mocked.calls]
-    # A whole completion may take the rest of the total deadline; a stream's
-    # headers must come within the first-token timeout.
-    assert timeouts == [(1.5, pytest.approx(600.0, abs=1.0)), (1.5, 30.0), (1.5, 30.0),
-                        (2.0, 2.0)]
+    # A whole answer is streamed too: its headers, like a stream's, must come
+    # within the first-token timeout.
+    assert timeouts == [(1.5, 30.0), (1.5, 30.0), (1.5, 30.0), (2.0, 2.0)]
 
 
 def test_stream_yields_pieces_then_usage(backend: OllamaBackend,
@@ -194,14 +193,15 @@ def test_upstream_failures_map_to_gateway_errors(
         mock: dict[str, Any], error: type) -> None:
     mocked.post(f"{MOCK_URL}/api/generate", **mock)
     with pytest.raises(error):
-        getattr(backend, kind)(typed("generate", generate_request()))
+        request = typed("generate", generate_request())
+        whole(backend, request) if kind == "complete" else backend.stream(request)
 
 
 def test_whole_answer_that_is_not_json(backend: OllamaBackend,
                                        mocked: responses.RequestsMock) -> None:
     mocked.post(f"{MOCK_URL}/api/generate", body=b"<html>")
     with pytest.raises(BackendError, match="not JSON"):
-        backend.complete(typed("generate", generate_request()))
+        whole(backend, typed("generate", generate_request()))
 
 
 def test_list_models_and_version(backend: OllamaBackend, mocked: responses.RequestsMock) -> None:

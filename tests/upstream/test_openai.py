@@ -24,7 +24,7 @@ from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.upstream.openai import OpenAIBackend, build_payload
 from tests.fake_ollama import MODEL_ERROR_MSG
 from tests.fake_openai import FakeOpenAI
-from tests.requests import typed
+from tests.requests import typed, whole
 
 URL = "http://vllm.test:8000"
 TIMEOUTS = Timeouts(connect=1.5, first_token=30.0, between_tokens=20.0, total=600.0)
@@ -59,15 +59,15 @@ def openai_error(message: str, status: int) -> dict[str, Any]:
 def test_generate_payload_maps_options_and_leads_with_system() -> None:
     payload = build_payload(typed("generate", generate_request(top_p=0.9, top_k=5, stop=["\n"],
                                                          seed=7, system="Be brief",
-                                                         ignored=None)), False)
-    assert payload == {"model": "qwen", "stream": False, "prompt": "Be brief\n\nHi",
+                                                         ignored=None)))
+    assert payload == {"model": "qwen", "stream": True, "prompt": "Be brief\n\nHi",
                        "max_tokens": 16, "temperature": 0.2, "top_p": 0.9, "top_k": 5,
-                       "stop": ["\n"], "seed": 7}
+                       "stop": ["\n"], "seed": 7, "stream_options": {"include_usage": True}}
 
 
 def test_stream_payload_asks_for_usage_and_carries_messages() -> None:
     payload = build_payload(typed("chat", {"model": "m", "messages": MESSAGES, "max_tokens": 3,
-                                     "temperature": None}), True)
+                                     "temperature": None}))
     assert payload == {"model": "m", "stream": True, "messages": MESSAGES, "max_tokens": 3,
                        "stream_options": {"include_usage": True}}
 
@@ -86,52 +86,26 @@ def test_base_url_with_or_without_v1(base: str, mocked: responses.RequestsMock) 
 def test_authorization_only_with_a_key(api_key: str, expected: str | None,
                                        mocked: responses.RequestsMock) -> None:
     mocked.get(f"{URL}/v1/models", json={"data": []})
-    mocked.post(f"{URL}/v1/completions", json={"choices": [{"text": "x"}]})
+    mocked.post(f"{URL}/v1/completions", body=sse(chunk("x", "stop", chat=False), "[DONE]"))
     backend = OpenAIBackend(URL, timeouts=TIMEOUTS, pool_size=1, api_key=api_key)
     backend.list_models()
-    backend.complete(typed("generate", generate_request()))
+    whole(backend, typed("generate", generate_request()))
     assert [call.request.headers.get("Authorization") for call in mocked.calls] == [expected] * 2
 
 
-def test_complete_generate(backend: OpenAIBackend, mocked: responses.RequestsMock) -> None:
-    mocked.post(f"{URL}/v1/completions", json={
-        "model": "qwen-served", "usage": USAGE,
-        "choices": [{"index": 0, "text": "Hello there", "finish_reason": "length"}]})
-    completion = backend.complete(typed("generate", generate_request()))
+def test_whole_answer_is_collected_from_a_stream(backend: OpenAIBackend,
+                                                 mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{URL}/v1/completions", body=sse(
+        {**chunk("Hello", chat=False), "model": "qwen-served"}, chunk(" there", chat=False),
+        chunk("", "length", chat=False), {"choices": [], "usage": USAGE}, "[DONE]"))
+    completion = whole(backend, typed("generate", generate_request()))
     assert (completion.model, completion.text, completion.done_reason) == (
         "qwen-served", "Hello there", "length")
     assert completion.usage.to_dict() == USAGE
     sent = json.loads(mocked.calls[0].request.body)
-    assert sent["stream"] is False and "stream_options" not in sent
-    assert mocked.calls[0].request.req_kwargs["timeout"] == (1.5, pytest.approx(600.0, abs=1))
-
-
-def test_complete_chat(backend: OpenAIBackend, mocked: responses.RequestsMock) -> None:
-    mocked.post(f"{URL}/v1/chat/completions", json={"choices": [
-        {"message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}]})
-    completion = backend.complete(typed("chat", {"model": "qwen", "messages": MESSAGES}))
-    assert (completion.model, completion.text, completion.done_reason) == ("qwen", "Yes",
-                                                                           "stop")
-    assert completion.usage.to_dict()["total_tokens"] == 0
-    assert json.loads(mocked.calls[0].request.body)["messages"] == MESSAGES
-
-
-@pytest.mark.parametrize("body", [{"choices": []}, {"object": "list"}, [1, 2]],
-                         ids=["empty-choices", "no-choices", "not-an-object"])
-def test_complete_without_a_choice(backend: OpenAIBackend, mocked: responses.RequestsMock,
-                                   body: Any) -> None:
-    mocked.post(f"{URL}/v1/completions", json=body)
-    with pytest.raises(BackendError, match="without a choice"):
-        backend.complete(typed("generate", generate_request()))
-
-
-@pytest.mark.parametrize("choices", [["a string"], [{"message": "a string"}]],
-                         ids=["choice", "message"])
-def test_complete_with_a_malformed_choice(backend: OpenAIBackend,
-                                          mocked: responses.RequestsMock, choices: Any) -> None:
-    mocked.post(f"{URL}/v1/chat/completions", json={"choices": choices})
-    with pytest.raises(BackendError, match="not a JSON object"):
-        backend.complete(typed("chat", {"model": "qwen", "messages": MESSAGES}))
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    # Its headers must come within the first-token timeout, as a stream's.
+    assert mocked.calls[0].request.req_kwargs["timeout"] == (1.5, 30.0)
 
 
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "generate"])
@@ -241,7 +215,8 @@ def test_upstream_failures_map_to_gateway_errors(
         mock: dict[str, Any], error: type, message: str | None) -> None:
     mocked.post(f"{URL}/v1/chat/completions", **mock)
     with pytest.raises(error) as raised:
-        getattr(backend, call)(typed("chat", {"model": "x", "messages": MESSAGES}))
+        request = typed("chat", {"model": "x", "messages": MESSAGES})
+        whole(backend, request) if call == "complete" else backend.stream(request)
     assert type(raised.value) is error
     if message is not None:
         assert raised.value.message == message
@@ -297,8 +272,8 @@ def test_stream_end_to_end_against_the_fake(fake_openai: FakeOpenAI) -> None:
     assert (stream.done_reason, stream.usage.to_dict()) == (
         "stop", {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8})
     assert fake_openai.stats["completed"] == 1
-    assert backend.complete(typed("generate", {"model": "sim", "prompt": "x",
-                                         "max_tokens": 2})).text == " tok0 tok1"
+    assert whole(backend, typed("generate", {"model": "sim", "prompt": "x",
+                                             "max_tokens": 2})).text == " tok0 tok1"
     assert fake_openai.connections_accepted == 1  # the stream's connection was reused
 
 

@@ -91,7 +91,7 @@ def test_whole_answer_in_ollamas_shape(client: FlaskClient, fake_ollama: FakeOll
     assert body["total_duration"] > 0 and body["load_duration"] == 0
     schema = OllamaChatResponse() if kind == "chat" else OllamaGenerateResponse()
     assert schema.validate(body) == {}
-    assert fake_ollama.requests_seen[0]["stream"] is False
+    assert fake_ollama.requests_seen[0]["stream"] is True  # assembled by the gateway
 
 
 @pytest.mark.parametrize("kind", ["generate", "chat"])
