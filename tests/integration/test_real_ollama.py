@@ -123,6 +123,19 @@ def test_keep_alive_zero_unloads_the_model(gateway: str, ollama: str) -> None:
         time.sleep(0.1)
 
 
+def test_an_empty_request_with_keep_alive_zero_unloads_the_model(gateway: str,
+                                                                  ollama: str) -> None:
+    post(gateway + "/api/generate", {"model": "tiny", "prompt": "x", "stream": False,
+                                     "options": {"num_predict": 2}, "keep_alive": "10m"})
+    assert "tiny:latest" in loaded_models(ollama)
+    answer = post(gateway + "/api/generate", {"model": "tiny", "keep_alive": 0}).json()
+    assert answer["done_reason"] == "unload"
+    deadline = time.monotonic() + 10
+    while "tiny:latest" in loaded_models(ollama):  # the ollama client's way to unload
+        assert time.monotonic() < deadline, "the empty request did not unload the model"
+        time.sleep(0.1)
+
+
 def loaded_models(ollama: str) -> set[str]:
     """Return the models the real Ollama holds in memory (its /api/ps)."""
     return {m["name"] for m in requests.get(ollama + "/api/ps", timeout=10).json()["models"]}

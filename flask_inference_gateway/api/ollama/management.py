@@ -142,6 +142,19 @@ def show(body: dict[str, Any], principal: Principal) -> dict[str, Any]:
     raise ModelNotFound(f"model '{model}' not found")
 
 
+def unload(model: str) -> None:
+    """Ask every healthy Ollama backend that may hold ``model`` to free its memory now."""
+    for node, backend in ollama_nodes():
+        if may_have(node, model):
+            try:
+                backend.forward_json("POST", "/api/generate",
+                                     {"model": model, "keep_alive": 0, "stream": False},
+                                     read_timeout=QUICK_READ)
+            except ModelNotFound:
+                continue
+            current_router().probe(node)  # residency changed: route by it at once
+
+
 def require_admin(principal: Principal) -> None:
     """Refuse model management to a key that is not an admin's."""
     if not principal.admin:

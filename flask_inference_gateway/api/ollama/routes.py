@@ -44,6 +44,7 @@ from flask_inference_gateway.api.ollama.wire import (
     OllamaLines,
     embed_answer,
     loaded_answer,
+    unloads,
     whole_answer,
 )
 from flask_inference_gateway.api.relay import stream_response
@@ -78,6 +79,10 @@ def generation(schema: type[OllamaRequest]) -> Response:
     principal, gone = current_principal(), client_probe(request.environ)
     if generation.empty:  # Ollama: only load (or, keep_alive 0, unload) the model
         model = state.service.resolve_model(generation.model, principal)
+        # A backend loads a model on its first request anyway; an unload frees
+        # GPU memory now, so it goes to every backend that may hold the model.
+        if unloads(generation.keep_alive):
+            management.unload(model)
         return json_response(loaded_answer(generation.op, model, generation.keep_alive))
     if not generation.stream:
         completion = state.service.complete(generation, principal, gone)

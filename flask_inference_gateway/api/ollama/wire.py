@@ -51,10 +51,14 @@ def final_fields(done_reason: str | None, usage: Usage, total: float,
             "eval_duration": nanoseconds(total - to_first)}
 
 
+def unloads(keep_alive: Any) -> bool:
+    """Return whether ``keep_alive`` asks Ollama to unload the model now."""
+    return keep_alive in (0, "0", "0s", "0m")
+
+
 def loaded_answer(op: Op, model: str, keep_alive: Any) -> dict[str, Any]:
     """Return Ollama's answer to a request that only loads (or, keep_alive 0, unloads)."""
-    # The gateway loads nothing itself: the backend loads a model on its first request.
-    reason = "unload" if keep_alive in (0, "0", "0s", "0m") else "load"
+    reason = "unload" if unloads(keep_alive) else "load"
     return {"model": model, "created_at": now_rfc3339(), **text_field(op, ""),
             "done": True, "done_reason": reason}
 

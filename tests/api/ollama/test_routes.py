@@ -169,7 +169,9 @@ def test_nothing_to_generate_only_loads(client: FlaskClient, fake_ollama: FakeOl
     assert response.status_code == 200
     answer = response.get_json()
     assert answer["done"] is True and answer["done_reason"] == reason
-    assert fake_ollama.requests_seen == []
+    # A load waits for the first real request; an unload frees GPU memory now.
+    seen = [(b["path"], b.get("keep_alive"), b.get("prompt")) for b in fake_ollama.requests_seen]
+    assert seen == ([] if reason == "load" else [("/api/generate", 0, None)])
 
 
 @pytest.mark.parametrize(("directive", "pieces"), [
