@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,3 +98,44 @@ def penalty(what: str) -> Number:
     """Return a presence or frequency penalty field: -2 to 2, as OpenAI takes it."""
     return Number(allow_none=True, validate=validate.Range(min=-2, max=2),
                   metadata=describe(f"Penalise tokens {what}, -2 to 2."))
+
+
+DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,(?P<data>.*)", re.DOTALL)
+NO_FETCHING = ("Send the image inline, as a data: URL (data:image/png;base64,...): the "
+               "gateway does not fetch URLs on a client's behalf.")
+
+
+def check_base64(data: str) -> str:
+    """Return ``data`` when it is base64, else raise a ValidationError."""
+    try:
+        binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise ValidationError("Must be a base64-encoded image file.") from None
+    return data
+
+
+def image_from_url(url: Any) -> str:
+    """Return the base64 data of an image given as a data: URL; refuse any other URL."""
+    if not isinstance(url, str):
+        raise ValidationError("Must be a data: URL string.")
+    match = DATA_URL.fullmatch(url.strip())
+    if match is None:
+        raise ValidationError(NO_FETCHING if url.startswith(("http://", "https://")) else
+                              "Must be a data: URL of a base64-encoded image "
+                              "(data:image/png;base64,...).")
+    return check_base64(match["data"])
+
+
+class Base64Image(fields.String):
+    """One image file, base64-encoded (Ollama's ``images`` items)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        return check_base64(super()._deserialize(value, attr, data, **kwargs))
+
+
+def images_field(what: str) -> fields.List:
+    """Return an ``images`` field: a list of up to 16 base64-encoded image files."""
+    return fields.List(Base64Image(), allow_none=True, validate=validate.Length(max=16),
+                       metadata=describe(
+                           f"{what}: base64-encoded image files, for a model that takes "
+                           "images."))

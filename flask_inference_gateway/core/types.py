@@ -33,6 +33,7 @@ class Message:
 
     role: str  # system, user, assistant or tool
     content: str
+    images: tuple[str, ...] = ()  # base64-encoded image files, as Ollama takes them
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class GenerationRequest:
     stream: bool = False
     include_usage: bool = False  # OpenAI's stream_options.include_usage
     response_format: ResponseFormat | None = None  # structured output
+    images: tuple[str, ...] = ()  # Op.GENERATE's images (base64); chat's are per message
     keep_alive: Any = None  # Ollama's memory hint, as the client sent it
 
     @property

@@ -14,6 +14,7 @@ from flask_inference_gateway.core.types import (
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
+    Message,
     Op,
     Probe,
     Timeouts,
@@ -58,17 +59,27 @@ def decode_line(stream: TokenStream, line: bytes) -> str | None:
     return text_of(data)
 
 
+def message_of(message: Message) -> dict[str, Any]:
+    """Return one message as Ollama takes it, with its images (base64) when it has any."""
+    body: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        body["images"] = list(message.images)
+    return body
+
+
 def build_payload(request: GenerationRequest) -> dict[str, Any]:
     """Translate a gateway request into an Ollama request body, always streamed (whole
     answers are assembled by the gateway, under the same timeouts)."""
     options = {OPTION_NAMES[name]: value for name, value in request.options.to_dict().items()}
     payload: dict[str, Any] = {"model": request.model, "stream": True, "options": options}
     if request.op is Op.CHAT:
-        payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        payload["messages"] = [message_of(m) for m in request.messages]
     else:
         payload["prompt"] = request.prompt
         if request.system:
             payload["system"] = request.system
+        if request.images:
+            payload["images"] = list(request.images)
     if request.response_format is not None:
         schema = request.response_format.schema
         payload["format"] = "json" if schema is None else schema

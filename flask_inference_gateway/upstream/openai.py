@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from flask_inference_gateway.core.errors import BackendError, ValidationFailed
@@ -10,6 +11,7 @@ from flask_inference_gateway.core.types import (
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
+    Message,
     Op,
     Probe,
     ResponseFormat,
@@ -52,6 +54,29 @@ def response_format_of(response_format: ResponseFormat) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
+# The first bytes of the image formats vision models take, and their media types.
+IMAGE_SIGNATURES = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                    (b"GIF8", "image/gif"), (b"RIFF", "image/webp"))
+
+
+def media_type(image: str) -> str:
+    """Return the media type of a base64-encoded image (PNG when it is not recognised)."""
+    head = base64.b64decode(image[:16] + "=" * (-len(image[:16]) % 4))
+    return next((kind for magic, kind in IMAGE_SIGNATURES if head.startswith(magic)),
+                "image/png")
+
+
+def message_of(message: Message) -> dict[str, Any]:
+    """Return one message as OpenAI takes it: images become image_url parts (data: URLs)."""
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    parts += [{"type": "image_url",
+               "image_url": {"url": f"data:{media_type(image)};base64,{image}"}}
+              for image in message.images]
+    return {"role": message.role, "content": parts}
+
+
 def build_payload(request: GenerationRequest) -> dict[str, Any]:
     """Translate a gateway request into an OpenAI request body, always streamed.
 
@@ -60,8 +85,12 @@ def build_payload(request: GenerationRequest) -> dict[str, Any]:
     payload: dict[str, Any] = {"model": request.model, "stream": True,
                                **options_of(request)}
     if request.op is Op.CHAT:
-        payload["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        payload["messages"] = [message_of(m) for m in request.messages]
     else:
+        if request.images:
+            raise ValidationFailed(fields={"images": [
+                "An OpenAI-compatible backend takes images in chat only; send them in a "
+                "chat message (Ollama backends take them here too)."]})
         # The completions API has no system prompt: it leads the prompt instead.
         system = request.system
         payload["prompt"] = f"{system}\n\n{request.prompt}" if system else request.prompt

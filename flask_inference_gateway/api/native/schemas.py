@@ -10,6 +10,7 @@ from flask_inference_gateway.api.fields import (
     ROLES,
     Number,
     describe,
+    images_field,
     options_from,
     penalty,
     response_format_field,
@@ -56,10 +57,12 @@ class GenerationOptions(Schema):
     def to_request(self, data: dict[str, Any], **_kwargs: Any) -> GenerationRequest:
         """Return the loaded body as the gateway's request."""
         options = options_from(data, data["max_tokens"])
-        messages = tuple(Message(m["role"], m["content"]) for m in data.get("messages", ()))
+        messages = tuple(Message(m["role"], m["content"], tuple(m.get("images", ())))
+                         for m in data.get("messages", ()))
         return GenerationRequest(self.op, options, model=data.get("model") or "",
                                  prompt=data.get("prompt", ""), system=data.get("system"),
-                                 messages=messages, response_format=data.get("response_format"))
+                                 messages=messages, response_format=data.get("response_format"),
+                                 images=tuple(data.get("images", ())))
 
 
 class GenerateRequest(GenerationOptions):
@@ -68,6 +71,7 @@ class GenerateRequest(GenerationOptions):
     prompt = fields.String(required=True, validate=validate.Length(min=1),
                            metadata=describe("The text to continue.", "Why is the sky blue?"))
     system = fields.String(metadata=describe("System prompt to use instead of the model's."))
+    images = images_field("Images the prompt refers to")
 
 
 class ChatMessage(Schema):
@@ -76,6 +80,7 @@ class ChatMessage(Schema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES),
                          metadata=describe("Who wrote it.", "user"))
     content = fields.String(required=True, metadata=describe("The message text.", "Hello!"))
+    images = images_field("Images the message shows")
 
 
 class ChatRequest(GenerationOptions):

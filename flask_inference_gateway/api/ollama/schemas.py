@@ -1,13 +1,15 @@
 """Request and response bodies of the Ollama-compatible API (/api/*), in Ollama's names.
 
-Ollama fields the gateway cannot honour on every backend yet (``images``,
-``tools``, ``raw``, ``template``, ``context``, ``suffix``, ``think``, ...) are
-accepted only with their neutral value (absent, null, ``false``, ``""``,
-``[]``, ``{}``, ``0``); any other value is refused with a 400 that names the
-field. So are options other than the ten the gateway translates. ``format``
-(structured output) and ``keep_alive`` (a memory hint) are forwarded to Ollama
-backends; ``format`` becomes ``response_format`` for OpenAI-compatible ones.
-``truncate`` is accepted and ignored. Unknown fields are refused, as on the gateway's own routes.
+Ollama fields the gateway cannot honour on every backend yet (``tools``,
+``raw``, ``template``, ``context``, ``suffix``, ``think``, ...) are accepted
+only with their neutral value (absent, null, ``false``, ``""``, ``[]``,
+``{}``, ``0``); any other value is refused with a 400 that names the field.
+So are options other than the ten the gateway translates. ``format``
+(structured output), ``images`` and ``keep_alive`` (a memory hint) are
+forwarded to Ollama backends; an OpenAI-compatible backend gets ``format`` as
+``response_format`` and a message's images as ``image_url`` parts.
+``truncate`` is accepted and ignored. Unknown fields are refused, as on the
+gateway's own routes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from marshmallow import (
     validates_schema,
 )
 
-from flask_inference_gateway.api.fields import ROLES, Number, describe, options_from, penalty
+from flask_inference_gateway.api.fields import (
+    ROLES,
+    Number,
+    describe,
+    images_field,
+    options_from,
+    penalty,
+)
 from flask_inference_gateway.core.types import (
     EmbeddingRequest,
     GenerationRequest,
@@ -125,11 +134,13 @@ class OllamaRequest(Schema):
         """Return the loaded body as the gateway's request."""
         options = data.get("options") or {}
         sampling = options_from(options, self.max_tokens(options))
-        messages = tuple(Message(m["role"], m["content"]) for m in data.get("messages", ()))
+        messages = tuple(Message(m["role"], m["content"], tuple(m.get("images") or ()))
+                         for m in data.get("messages", ()))
         return GenerationRequest(self.op, sampling, model=data.get("model") or "",
                                  prompt=data.get("prompt", ""), system=data.get("system"),
                                  messages=messages, stream=data["stream"],
                                  response_format=data.get("format"),
+                                 images=tuple(data.get("images") or ()),
                                  keep_alive=data.get("keep_alive"))
     think = unsupported("Thinking")
     logprobs = unsupported("Log probabilities")
@@ -146,7 +157,7 @@ class OllamaGenerateRequest(OllamaRequest):
     template = unsupported("Prompt templates")
     context = unsupported("Context tokens")
     raw = unsupported("Raw prompts")
-    images = unsupported("Images")
+    images = images_field("Images")
     width = unsupported("Image generation")
     height = unsupported("Image generation")
     steps = unsupported("Image generation")
@@ -158,7 +169,7 @@ class OllamaMessage(Schema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES),
                          metadata=describe("Who wrote it.", "user"))
     content = fields.String(load_default="", metadata=describe("The message text.", "Hello!"))
-    images = unsupported("Images")
+    images = images_field("Images")
     tool_calls = unsupported("Tool calls")
     tool_name = unsupported("Tool results")
     thinking = unsupported("Thinking")

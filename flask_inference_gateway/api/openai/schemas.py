@@ -26,6 +26,7 @@ from marshmallow import (
 from flask_inference_gateway.api.fields import (
     Number,
     describe,
+    image_from_url,
     options_from,
     penalty,
     response_format_field,
@@ -56,18 +57,38 @@ def neutral(*values: Any) -> fields.Raw:
                       metadata=describe(f"Not supported: only {accepted} is accepted."))
 
 
-class Text(fields.Field):
-    """Message content: a string, or a list of text parts (joined with newlines)."""
+class Content(fields.Field):
+    """Message content: a string, or a list of text and image parts.
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+    Loads as ``(text, images)``: text parts joined with newlines, ``image_url``
+    parts with data: URLs as base64 images (a remote URL is refused: the
+    gateway fetches nothing on a client's behalf).
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any,
+                     **kwargs: Any) -> tuple[str, tuple[str, ...]]:
         if isinstance(value, str):
-            return value
-        if isinstance(value, list) and value and all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                for p in value):
-            return "\n".join(p["text"] for p in value)
-        raise ValidationError("Must be a string or a list of {\"type\": \"text\", \"text\": ...} "
-                              "parts; other parts (images, audio) are not supported.")
+            return value, ()
+        if not isinstance(value, list) or not value:
+            raise ValidationError(PARTS)
+        texts, images = [], []
+        for index, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image_url" and isinstance(part.get("image_url"), dict):
+                try:
+                    images.append(image_from_url(part["image_url"].get("url")))
+                except ValidationError as exc:
+                    raise ValidationError({index: {"image_url": {"url": exc.messages}}}) from None
+            else:
+                raise ValidationError({index: [PARTS]})
+        return "\n".join(texts), tuple(images)
+
+
+PARTS = ("Must be a string or a list of {\"type\": \"text\", \"text\": ...} and "
+         "{\"type\": \"image_url\", \"image_url\": {\"url\": \"data:...\"}} parts; other "
+         "parts (audio, files) are not supported.")
 
 
 class Prompt(fields.Field):
@@ -110,15 +131,16 @@ class Message(Schema):
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES),
                          metadata=describe("Who wrote it.", "user"))
-    content = Text(required=True, metadata=describe(
-        "A string, or a list of text parts.", "Hello!"))
+    content = Content(required=True, metadata=describe(
+        "A string, or a list of text and image_url (data: URL) parts.", "Hello!"))
     name = fields.String(allow_none=True, metadata=describe("Ignored."))
 
     @post_load
     def to_message(self, data: dict[str, Any], **_kwargs: Any) -> types.Message:
         """Return the gateway's message: role and content."""
         role = "system" if data["role"] == "developer" else data["role"]
-        return types.Message(role, data["content"])
+        text, images = data["content"]
+        return types.Message(role, text, images)
 
 
 class Sampling(Schema):

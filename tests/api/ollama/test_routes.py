@@ -133,7 +133,7 @@ def test_options_are_translated(client: FlaskClient, fake_ollama: FakeOllama,
 
 @pytest.mark.parametrize(("body", "field"), [
     (body_for("generate", format="yaml"), "format"),
-    (body_for("generate", images=["aGk="]), "images"),
+    (body_for("generate", images=["not base64!"]), "images[0]"),
     (body_for("generate", raw=True), "raw"),
     (body_for("generate", think=True), "think"),
     (body_for("generate", options={"num_ctx": 0}), "options.num_ctx"),
@@ -141,10 +141,10 @@ def test_options_are_translated(client: FlaskClient, fake_ollama: FakeOllama,
     (body_for("generate", suffix="end"), "suffix"),
     (body_for("generate", nonsense=1), "nonsense"),
     (body_for("chat", tools=[{"type": "function"}]), "tools"),
-    ({"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "messages[0].images"),
+    ({"messages": [{"role": "user", "content": "hi", "images": [7]}]}, "messages[0].images[0]"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-], ids=["bad-format", "images", "raw", "think", "bad-num-ctx", "over-max-tokens", "suffix",
-        "unknown", "tools", "message-images", "bad-role"])
+], ids=["bad-format", "bad-image", "raw", "think", "bad-num-ctx", "over-max-tokens", "suffix",
+        "unknown", "tools", "bad-message-image", "bad-role"])
 def test_what_cannot_be_honoured_is_a_400_naming_it(client: FlaskClient, fake_ollama: FakeOllama,
                                                      body: dict[str, Any], field: str) -> None:
     kind = "chat" if "messages" in body else "generate"
