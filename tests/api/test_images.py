@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,19 +26,6 @@ CHATS = {
     "ollama": ("/api/chat", {"model": "sim", "stream": False, "messages": [
         {"role": "user", "content": "What is this?", "images": [PNG, JPEG]}]}),
 }
-
-
-@pytest.fixture
-def fake_vllm() -> Iterator[FakeOpenAI]:
-    """Run a fake OpenAI-compatible server."""
-    with FakeOpenAI(tokens=4) as fake:
-        yield fake
-
-
-@pytest.fixture
-def vllm_client(make_client: Callable[..., FlaskClient], fake_vllm: FakeOpenAI) -> FlaskClient:
-    """Return a client of a gateway whose only backend is the fake OpenAI-compatible server."""
-    return make_client(GATEWAY_OLLAMA_URL="", GATEWAY_OPENAI_URL=fake_vllm.url + "/v1")
 
 
 def post(client: FlaskClient, path: str, body: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ What the backend received is checked, not only the answer: a gateway that drops
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -39,19 +38,6 @@ JSON_REQUESTS = {
     "ollama": ("/api/generate", {"prompt": "Where?", "model": "sim", "stream": False,
                                  "format": "json"}),
 }
-
-
-@pytest.fixture
-def fake_vllm() -> Iterator[FakeOpenAI]:
-    """Run a fake OpenAI-compatible server."""
-    with FakeOpenAI(tokens=4) as fake:
-        yield fake
-
-
-@pytest.fixture
-def vllm_client(make_client: Callable[..., FlaskClient], fake_vllm: FakeOpenAI) -> FlaskClient:
-    """Return a client of a gateway whose only backend is the fake OpenAI-compatible server."""
-    return make_client(GATEWAY_OLLAMA_URL="", GATEWAY_OPENAI_URL=fake_vllm.url + "/v1")
 
 
 def post(client: FlaskClient, path: str, body: dict[str, Any]) -> None:
