@@ -16,6 +16,7 @@ from marshmallow import Schema
 from flask_inference_gateway.api import schemas as status
 from flask_inference_gateway.api.native import schemas as inference
 from flask_inference_gateway.api.ollama import schemas as ollama
+from flask_inference_gateway.api.openai import answers
 from flask_inference_gateway.api.openai import schemas as openai
 
 DOCUMENTED: tuple[type[Schema], ...] = (
@@ -23,7 +24,7 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     inference.ChatResponse, inference.StreamEvent, inference.ErrorResponse,
     status.ModelList, status.ModelInfo, status.HealthBody, status.ReadyBody,
     openai.ChatCompletionRequest, openai.CompletionRequest, openai.EmbeddingRequest,
-    openai.OpenAICompletion, openai.OpenAIEmbeddingList, openai.OpenAIErrorResponse,
+    answers.OpenAICompletion, answers.OpenAIEmbeddingList, answers.OpenAIErrorResponse,
     ollama.OllamaGenerateRequest, ollama.OllamaChatRequest, ollama.OllamaEmbedRequest,
     ollama.OllamaModelRequest, ollama.OllamaCopyRequest, ollama.OllamaGenerateResponse,
     ollama.OllamaChatResponse, ollama.OllamaEmbedResponse, ollama.OllamaModels,

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from flask_inference_gateway.core.pieces import ToolCall
 
 
 def never_gone() -> bool:
@@ -34,6 +36,47 @@ class Message:
     role: str  # system, user, assistant or tool
     content: str
     images: tuple[str, ...] = ()  # base64-encoded image files, as Ollama takes them
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant's calls
+    tool_call_id: str = ""  # a tool result: the call it answers (OpenAI's link)
+    tool_name: str = ""  # a tool result: the tool that answered (Ollama's link)
+    thinking: str = ""  # an assistant's earlier thinking (Ollama sends it back)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; ``parameters`` is its JSON Schema."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """Whether the model must call a tool: none, auto, required, or the tool ``name``."""
+
+    mode: str  # none, auto, required or function
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """Fields the gateway does not know, for a backend of the client's own kind.
+
+    The client spoke ``kind``'s dialect (ollama or openai); a backend of that
+    kind receives ``fields`` in its body (and Ollama's ``options`` in its
+    options), since a new server release may add fields the gateway has never
+    heard of. A backend of the other kind cannot take them: a 422 names them.
+    """
+
+    kind: str
+    fields: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def names(self) -> list[str]:
+        """Return the unknown fields' names, options as ``options.name``."""
+        return [name for name, _ in self.fields] + [f"options.{n}" for n, _ in self.options]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +141,13 @@ class GenerationRequest:
     response_format: ResponseFormat | None = None  # structured output
     images: tuple[str, ...] = ()  # Op.GENERATE's images (base64); chat's are per message
     keep_alive: Any = None  # Ollama's memory hint, as the client sent it
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    think: bool | str | None = None  # thinking: on, off, or low, medium or high effort
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    extra: Extra | None = None  # unknown fields, for a backend of the client's kind
 
     @property
     def empty(self) -> bool:
@@ -110,7 +160,9 @@ class GenerationRequest:
 
     def prompt_text(self) -> str:
         """Return every piece of text the model reads: system prompt, prompt, messages."""
-        return (self.system or "") + self.prompt + "".join(m.content for m in self.messages)
+        calls = [call.arguments for m in self.messages for call in m.tool_calls]
+        return ((self.system or "") + self.prompt + "".join(m.content for m in self.messages)
+                + "".join(calls))
 
     def estimate_prompt_tokens(self) -> int:
         """Estimate the prompt's tokens (about 4 characters each) for a stream cut short."""
@@ -163,6 +215,10 @@ class Completion:
     text: str
     done_reason: str | None
     usage: Usage
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: list[dict[str, Any]] | None = None  # per token, when asked for
+    final: dict[str, Any] = field(default_factory=dict)  # the backend's last object
 
 
 @dataclass(slots=True)

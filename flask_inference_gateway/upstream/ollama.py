@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 import requests
 
 from flask_inference_gateway.core.errors import BackendError
+from flask_inference_gateway.core.pieces import Delta, Piece, ToolCall
 from flask_inference_gateway.core.types import (
     EmbeddingRequest,
     Embeddings,
@@ -29,6 +31,7 @@ from flask_inference_gateway.upstream.http import (
     translate_errors,
 )
 from flask_inference_gateway.upstream.stream import TokenStream, parse_object
+from flask_inference_gateway.upstream.translate import extras_for, linked, refuse, tool_body
 
 # Gateway option name -> Ollama option name.
 OPTION_NAMES = {"max_tokens": "num_predict", "temperature": "temperature", "top_p": "top_p",
@@ -44,36 +47,96 @@ def usage_of(data: dict[str, Any]) -> Usage:
                  completion_tokens=data.get("eval_count") or 0)
 
 
-def text_of(data: dict[str, Any]) -> str:
-    """Return the generated text of a /api/generate or /api/chat object."""
-    if "message" in data:
-        return (data["message"] or {}).get("content") or ""
-    return data.get("response") or ""
+def part_of(data: dict[str, Any]) -> tuple[str, Any, Any]:
+    """Return the text, thinking and tool calls of a /api/generate or /api/chat object."""
+    if "message" not in data:
+        return data.get("response") or "", data.get("thinking"), None
+    message = data["message"] or {}
+    if not isinstance(message, dict):
+        raise BackendError("The model backend sent a message that is not a JSON object.")
+    return message.get("content") or "", message.get("thinking"), message.get("tool_calls")
 
 
-def decode_line(stream: TokenStream, line: bytes) -> str | None:
-    """Return the piece in one streamed NDJSON line; record the usage on the final one."""
-    data = parse_object(line)
-    if data.get("done"):
-        stream.finish(data.get("done_reason"), usage_of(data), data.get("model"))
-    return text_of(data)
+class LineDecoder:
+    """Decode one stream's NDJSON lines; Ollama sends each tool call whole."""
+
+    def __init__(self) -> None:
+        self.calls = 0  # tool calls so far: the index of the next one
+
+    def __call__(self, stream: TokenStream, line: bytes) -> Piece | None:
+        """Return the piece in one line; record the usage on the final one."""
+        data = parse_object(line)
+        if data.get("done"):
+            stream.finish(data.get("done_reason"), usage_of(data), data.get("model"), data)
+        text, thinking, calls = part_of(data)
+        logprobs = data.get("logprobs")
+        if not (thinking or calls or logprobs):
+            return text
+        return Delta(text, thinking or "", self.tool_calls(calls), tuple(logprobs or ()))
+
+    def tool_calls(self, calls: Any) -> tuple[ToolCall, ...]:
+        """Return Ollama's tool calls with OpenAI's JSON-text arguments and an id each."""
+        if not calls:
+            return ()
+        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise BackendError("The model backend sent tool calls that are not JSON objects.")
+        out = []
+        for call in calls:
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            out.append(ToolCall(self.calls, call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                                function.get("name") or "",
+                                orjson.dumps(arguments if arguments is not None else {}).decode()))
+            self.calls += 1
+        return tuple(out)
 
 
-def message_of(message: Message) -> dict[str, Any]:
-    """Return one message as Ollama takes it, with its images (base64) when it has any."""
+def message_of(message: Message, ids: list[str], call_id: str, tool_name: str) -> dict[str, Any]:
+    """Return one message as Ollama takes it: images base64, calls' arguments as objects."""
     body: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.images:
         body["images"] = list(message.images)
+    if message.thinking:
+        body["thinking"] = message.thinking
+    if message.tool_calls:
+        body["tool_calls"] = [
+            {"id": ident, "function": {"index": index, "name": call.name,
+                                       "arguments": orjson.loads(call.arguments or "{}")}}
+            for index, (ident, call) in enumerate(zip(ids, message.tool_calls, strict=True))]
+    if message.role == "tool":
+        if tool_name:
+            body["tool_name"] = tool_name
+        if call_id:
+            body["tool_call_id"] = call_id
     return body
+
+
+def tools_of(request: GenerationRequest) -> list[dict[str, Any]]:
+    """Return the tools Ollama gets; refuse a choice it cannot be made to follow."""
+    choice = request.tool_choice
+    if choice is not None and choice.mode in ("required", "function"):
+        raise refuse("ollama", ["tool_choice"], "An Ollama backend cannot be made to call "
+                     "a tool (it takes only 'auto' or 'none').")
+    if request.parallel_tool_calls is False:
+        raise refuse("ollama", ["parallel_tool_calls"], "An Ollama backend cannot be kept "
+                     "to one tool call.")
+    if choice is not None and choice.mode == "none":
+        return []  # Ollama calls no tool it was not given
+    return [tool_body(tool) for tool in request.tools]
 
 
 def build_payload(request: GenerationRequest) -> dict[str, Any]:
     """Translate a gateway request into an Ollama request body, always streamed (whole
     answers are assembled by the gateway, under the same timeouts)."""
+    extra_fields, extra_options = extras_for("ollama", request)
     options = {OPTION_NAMES[name]: value for name, value in request.options.to_dict().items()}
-    payload: dict[str, Any] = {"model": request.model, "stream": True, "options": options}
+    payload: dict[str, Any] = {**extra_fields, "model": request.model, "stream": True,
+                               "options": {**extra_options, **options}}
     if request.op is Op.CHAT:
-        payload["messages"] = [message_of(m) for m in request.messages]
+        payload["messages"] = [message_of(*entry) for entry in linked(request.messages)]
+        tools = tools_of(request)
+        if tools:
+            payload["tools"] = tools
     else:
         payload["prompt"] = request.prompt
         if request.system:
@@ -85,6 +148,12 @@ def build_payload(request: GenerationRequest) -> dict[str, Any]:
         payload["format"] = "json" if schema is None else schema
     if request.keep_alive is not None:  # it decides how long the model holds GPU memory
         payload["keep_alive"] = request.keep_alive
+    if request.think is not None:
+        payload["think"] = request.think
+    if request.logprobs:
+        payload["logprobs"] = True
+        if request.top_logprobs:
+            payload["top_logprobs"] = request.top_logprobs
     return payload
 
 
@@ -150,7 +219,7 @@ class OllamaBackend(BackendClient):
     def stream(self, request: GenerationRequest, deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller owns (closes) the returned stream."""
         return self.post_stream(ENDPOINTS[request.op], build_payload(request),
-                                decode_line, request.model, deadline)
+                                LineDecoder(), request.model, deadline)
 
     def embed(self, request: EmbeddingRequest, deadline: float | None = None) -> Embeddings:
         """Return the embedding of each input (Ollama's /api/embed)."""

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 from flask_inference_gateway.core.errors import BackendError, ValidationFailed
+from flask_inference_gateway.core.pieces import Delta, Piece, ToolCall
 from flask_inference_gateway.core.types import (
     OLLAMA_ONLY,
     EmbeddingRequest,
@@ -20,6 +21,7 @@ from flask_inference_gateway.core.types import (
 )
 from flask_inference_gateway.upstream.client import BackendClient
 from flask_inference_gateway.upstream.stream import TokenStream, parse_object
+from flask_inference_gateway.upstream.translate import extras_for, linked, refuse, tool_body
 
 ENDPOINTS = {Op.GENERATE: "/v1/completions", Op.CHAT: "/v1/chat/completions"}
 
@@ -66,15 +68,74 @@ def media_type(image: str) -> str:
                 "image/png")
 
 
-def message_of(message: Message) -> dict[str, Any]:
-    """Return one message as OpenAI takes it: images become image_url parts (data: URLs)."""
+def content_of(message: Message) -> Any:
+    """Return a message's content: text, or text and image_url parts (data: URLs)."""
     if not message.images:
-        return {"role": message.role, "content": message.content}
+        return message.content if message.content or not message.tool_calls else None
     parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
     parts += [{"type": "image_url",
                "image_url": {"url": f"data:{media_type(image)};base64,{image}"}}
               for image in message.images]
-    return {"role": message.role, "content": parts}
+    return parts
+
+
+def message_of(message: Message, ids: list[str], call_id: str, _tool_name: str) -> dict[str, Any]:
+    """Return one message as OpenAI takes it, its calls' arguments as JSON text."""
+    body: dict[str, Any] = {"role": message.role, "content": content_of(message)}
+    if message.tool_calls:
+        body["tool_calls"] = [{"id": ident, "type": "function",
+                               "function": {"name": call.name,
+                                            "arguments": call.arguments or "{}"}}
+                              for ident, call in zip(ids, message.tool_calls, strict=True)]
+    if message.role == "tool" and call_id:
+        body["tool_call_id"] = call_id
+    return body
+
+
+# Ollama's think as OpenAI-compatible servers take it: a level is reasoning_effort; on or
+# off is the chat template's switch (Qwen3's and DeepSeek's enable_thinking, which vLLM and
+# llama.cpp pass to the template).
+def thinking_of(think: bool | str) -> dict[str, Any]:
+    """Return the fields that ask an OpenAI-compatible server to think (or not)."""
+    if isinstance(think, str):
+        return {"reasoning_effort": think}
+    return {"chat_template_kwargs": {"enable_thinking": think}}
+
+
+def chat_fields(request: GenerationRequest) -> dict[str, Any]:
+    """Return what a chat body adds: messages, tools, thinking, log probabilities."""
+    fields: dict[str, Any] = {"messages": [message_of(*m) for m in linked(request.messages)]}
+    if request.tools:
+        fields["tools"] = [tool_body(tool, strict=True) for tool in request.tools]
+    choice = request.tool_choice
+    if choice is not None:
+        fields["tool_choice"] = (choice.mode if choice.mode != "function" else
+                                 {"type": "function", "function": {"name": choice.name}})
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.think is not None:
+        fields.update(thinking_of(request.think))
+    if request.logprobs:
+        fields["logprobs"] = True
+        if request.top_logprobs is not None:
+            fields["top_logprobs"] = request.top_logprobs
+    return fields
+
+
+def prompt_fields(request: GenerationRequest) -> dict[str, Any]:
+    """Return what a completions body adds: the prompt, led by the system prompt."""
+    if request.images:
+        raise ValidationFailed(fields={"images": [
+            "An OpenAI-compatible backend takes images in chat only; send them in a "
+            "chat message (Ollama backends take them here too)."]})
+    if request.logprobs:
+        raise refuse("openai", ["logprobs"], "An OpenAI-compatible backend gives log "
+                     "probabilities in chat only.")
+    if request.think is not None:
+        raise refuse("openai", ["think"], "An OpenAI-compatible backend thinks in chat only.")
+    # The completions API has no system prompt: it leads the prompt instead.
+    system = request.system
+    return {"prompt": f"{system}\n\n{request.prompt}" if system else request.prompt}
 
 
 def build_payload(request: GenerationRequest) -> dict[str, Any]:
@@ -82,34 +143,48 @@ def build_payload(request: GenerationRequest) -> dict[str, Any]:
 
     ``keep_alive`` (Ollama's memory hint) has no meaning here and is left out.
     """
-    payload: dict[str, Any] = {"model": request.model, "stream": True,
+    extra_fields, _options = extras_for("openai", request)  # no options map here
+    payload: dict[str, Any] = {**extra_fields, "model": request.model, "stream": True,
                                **options_of(request)}
-    if request.op is Op.CHAT:
-        payload["messages"] = [message_of(m) for m in request.messages]
-    else:
-        if request.images:
-            raise ValidationFailed(fields={"images": [
-                "An OpenAI-compatible backend takes images in chat only; send them in a "
-                "chat message (Ollama backends take them here too)."]})
-        # The completions API has no system prompt: it leads the prompt instead.
-        system = request.system
-        payload["prompt"] = f"{system}\n\n{request.prompt}" if system else request.prompt
+    payload.update(chat_fields(request) if request.op is Op.CHAT else prompt_fields(request))
     if request.response_format is not None:
         payload["response_format"] = response_format_of(request.response_format)
     payload["stream_options"] = {"include_usage": True}
     return payload
 
 
-def choice_text(choice: Any) -> str:
-    """Return the text of one choice: a chat message or delta, or a completion's text."""
+def tool_calls_of(delta: dict[str, Any]) -> tuple[ToolCall, ...]:
+    """Return the tool call fragments of a message or delta."""
+    calls = delta.get("tool_calls")
+    if not calls:
+        return ()
+    if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        raise BackendError("The model backend sent tool calls that are not JSON objects.")
+    out = []
+    for position, call in enumerate(calls):
+        function = call.get("function") or {}
+        out.append(ToolCall(call.get("index", position), call.get("id") or "",
+                            function.get("name") or "", function.get("arguments") or ""))
+    return tuple(out)
+
+
+def choice_piece(choice: Any) -> Piece:
+    """Return the piece of one choice: a chat message or delta, or a completion's text."""
     if not isinstance(choice, dict):
         raise BackendError("The model backend sent a choice that is not a JSON object.")
     message = choice.get("message") or choice.get("delta")
     if message is not None and not isinstance(message, dict):
         raise BackendError("The model backend sent a message that is not a JSON object.")
-    if message is not None:
-        return message.get("content") or ""
-    return choice.get("text") or ""
+    if message is None:
+        return choice.get("text") or ""
+    text = message.get("content") or ""
+    # vLLM and llama.cpp say reasoning_content; newer vLLM and Ollama's /v1, reasoning.
+    thinking = message.get("reasoning_content") or message.get("reasoning")
+    logprobs = choice.get("logprobs")
+    logprobs = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not (thinking or logprobs or message.get("tool_calls")):
+        return text
+    return Delta(text, thinking or "", tool_calls_of(message), tuple(logprobs or ()))
 
 
 class StreamDecoder:
@@ -120,7 +195,7 @@ class StreamDecoder:
         self.usage = Usage()
         self.model: str | None = None
 
-    def __call__(self, stream: TokenStream, line: bytes) -> str | None:
+    def __call__(self, stream: TokenStream, line: bytes) -> Piece | None:
         """Return the piece in one SSE line; finish the stream on ``[DONE]``."""
         if not line.startswith(b"data:"):
             return None  # comments, event names, ids
@@ -135,9 +210,9 @@ class StreamDecoder:
         choices = data.get("choices") or []
         if not choices:
             return None
-        text = choice_text(choices[0])
+        piece = choice_piece(choices[0])
         self.done_reason = choices[0].get("finish_reason") or self.done_reason
-        return text
+        return piece
 
 
 class OpenAIBackend(BackendClient):

@@ -26,6 +26,7 @@ from flask_inference_gateway.core.errors import (
     ClientLeft,
     GatewayError,
 )
+from flask_inference_gateway.core.pieces import Answer, Piece, text_of
 from flask_inference_gateway.core.types import (
     Completion,
     StreamOutcome,
@@ -37,9 +38,9 @@ from flask_inference_gateway.upstream.body import SILENCE, BodyReader
 from flask_inference_gateway.upstream.http import abort_response, translate_errors
 from flask_inference_gateway.upstream.watch import ClientWatch
 
-# Takes one line of the upstream body; returns its text piece (None: no text),
+# Takes one line of the upstream body; returns its piece (None: nothing to relay),
 # and calls ``stream.finish`` on the final line.
-LineDecoder = Callable[["TokenStream", bytes], "str | None"]
+LineDecoder = Callable[["TokenStream", bytes], "Piece | None"]
 
 # Streams open in this process, so a draining worker can end them (see interrupt_all).
 _LIVE: weakref.WeakSet[TokenStream] = weakref.WeakSet()
@@ -89,15 +90,16 @@ class TokenStream:
         self.first_piece_at: float | None = None  # time.monotonic() of the first piece
         self.error: str | None = None  # the type of the error that ended it, if one did
         self.error_message: str | None = None
+        self.final: dict[str, Any] = {}  # the backend's last object, as it sent it
         self.keep_text = False  # keep the pieces, for GATEWAY_LOG_PROMPTS
-        self._text: list[str] = []
+        self._text: list[Piece] = []
         self._response = response
         self._body = BodyReader(response, timeouts.between_tokens,
                                 first_timeout=timeouts.first_token, deadline=deadline)
         self._decode_line = decode
         self._heartbeat = timeouts.between_tokens
-        self._source: Iterator[list[str]] | None = None
-        self._primed: list[str] = []
+        self._source: Iterator[list[Piece]] | None = None
+        self._primed: list[Piece] = []
         self._interrupted: GatewayError | None = None
         self._cancelled = False
         self._closed = False
@@ -109,7 +111,7 @@ class TokenStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[Piece]:
         for batch in self.batches(self._heartbeat):
             yield from batch
 
@@ -133,7 +135,7 @@ class TokenStream:
                 raise
             raise error from exc
 
-    def batches(self, heartbeat: float) -> Iterator[list[str]]:
+    def batches(self, heartbeat: float) -> Iterator[list[Piece]]:
         """Yield lists of pieces as they arrive; ``[]`` after each heartbeat of silence."""
         if self._primed:
             primed, self._primed = self._primed, []
@@ -157,13 +159,13 @@ class TokenStream:
             self.error, self.error_message = error.type, error.message
         return error
 
-    def _batches(self) -> Iterator[list[str]]:
+    def _batches(self) -> Iterator[list[Piece]]:
         """Return the one generator of this stream's batches (resumed by each caller)."""
         if self._source is None:
             self._source = self._read_batches()
         return self._source
 
-    def _read_batches(self) -> Iterator[list[str]]:
+    def _read_batches(self) -> Iterator[list[Piece]]:
         pending = b""
         with translate_errors():
             for payload in self._body.read(self._body.heartbeat):
@@ -181,11 +183,11 @@ class TokenStream:
 
     def text(self) -> str:
         """Return the text relayed so far (kept only when ``keep_text`` is set)."""
-        return "".join(self._text)
+        return "".join(map(text_of, self._text))
 
-    def _decode_lines(self, lines: list[bytes]) -> Iterator[list[str]]:
+    def _decode_lines(self, lines: list[bytes]) -> Iterator[list[Piece]]:
         """Yield the pieces of ``lines``; those before a failing line reach the client first."""
-        pieces: list[str] = []
+        pieces: list[Piece] = []
         failure: GatewayError | None = None
         for line in lines:
             if self.finished or not line.strip():
@@ -205,20 +207,22 @@ class TokenStream:
         if failure is not None:
             raise failure
 
-    def _relayed(self, pieces: list[str]) -> None:
+    def _relayed(self, pieces: list[Piece]) -> None:
         if self.first_piece_at is None:
             self.first_piece_at = time.monotonic()
         self.pieces += len(pieces)
 
-    def _keep(self, pieces: list[str]) -> None:
+    def _keep(self, pieces: list[Piece]) -> None:
         if self.keep_text:
             self._text.extend(pieces)
 
-    def finish(self, done_reason: str | None, usage: Usage, model: str | None = None) -> None:
-        """Record the backend's final figures (and its name of the model, when it gave
-        one); called by the adapter's line decoder."""
+    def finish(self, done_reason: str | None, usage: Usage, model: str | None = None,
+               final: dict[str, Any] | None = None) -> None:
+        """Record the backend's final figures (its name of the model and its last
+        object, when it gave them); called by the adapter's line decoder."""
         self.done_reason, self.usage, self.finished = done_reason, usage, True
         self.model = model or self.model
+        self.final = final or {}
 
     def interrupt(self, error: GatewayError) -> None:
         """Stop the upstream generation now; the reader then raises ``error``."""
@@ -237,13 +241,17 @@ class TokenStream:
         watch = ClientWatch(gone)
         watch.connection = getattr(self._response.raw, "_connection", None)
         with watch if gone is not never_gone else nullcontext():
+            answer = Answer()
             try:
-                text = "".join(self)
+                for piece in self:
+                    answer.add(piece)
             except GatewayError as exc:
                 if watch.left:
                     raise ClientLeft() from exc
                 raise
-        return Completion(self.model, text, self.done_reason, self.usage)
+        return Completion(self.model, answer.text, self.done_reason, self.usage,
+                          thinking=answer.thinking, tool_calls=answer.tool_calls,
+                          logprobs=answer.logprobs or None, final=self.final)
 
     def cancel(self) -> None:
         """Stop the upstream generation for a client that cancelled or left; the read ends."""

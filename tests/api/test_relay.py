@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 
-from flask_inference_gateway.api.native.wire import GATEWAY_EVENTS, encode_pieces
+from flask_inference_gateway.api.native.wire import GatewayEvents, encode_pieces
 from flask_inference_gateway.api.relay import PING, Relay, stream_response
 from flask_inference_gateway.core.errors import BackendStreamBroken
 from flask_inference_gateway.core.types import StreamOutcome, Usage
@@ -45,14 +45,14 @@ class StubGeneration:
 
 def sse_events(stream: StubStream, heartbeat: float) -> Iterator[bytes]:
     """Relay ``stream`` in the gateway's own events, as a view's response does."""
-    return Relay(StubGeneration(stream), heartbeat).encoded(GATEWAY_EVENTS)  # type: ignore[arg-type]
+    return Relay(StubGeneration(stream), heartbeat).encoded(GatewayEvents())  # type: ignore[arg-type]
 
 
 def sse_response(stream: StubStream, heartbeat: float):  # noqa: ANN201
     """Return the response that relays ``stream``."""
     with Flask(__name__).test_request_context():
         return stream_response(lambda: StubGeneration(stream),  # type: ignore[arg-type]
-                               lambda _stream: GATEWAY_EVENTS, heartbeat)
+                               lambda _stream: GatewayEvents(), heartbeat)
 
 
 def events(raw: list[bytes]) -> list[tuple[str | None, dict | None]]:

@@ -22,10 +22,10 @@ from flask_inference_gateway.core.errors import (
 )
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.upstream.ollama import (
+    LineDecoder,
     OllamaBackend,
     build_payload,
     created_at,
-    decode_line,
     model_info,
 )
 from flask_inference_gateway.upstream.stream import TokenStream
@@ -134,7 +134,7 @@ class FakeResponse:
     [b'{"response":"a"}\n\n', b'{"response":"b"}\n{"done":true,"eval_count":2}\n\n'],
 ], ids=["whole-lines", "split-lines", "blank-lines"])
 def test_stream_reassembles_lines_across_chunks(chunks: list[bytes]) -> None:
-    stream = TokenStream(FakeResponse(chunks), "m", decode_line, Timeouts())  # type: ignore[arg-type]
+    stream = TokenStream(FakeResponse(chunks), "m", LineDecoder(), Timeouts())  # type: ignore[arg-type]
     assert list(stream) == ["a", "b"]
     assert stream.usage.completion_tokens == 2
 
@@ -146,14 +146,14 @@ def test_stream_reassembles_lines_across_chunks(chunks: list[bytes]) -> None:
     ([b'["a list"]\n'], BackendError),
 ], ids=["error-line", "no-final-line", "garbage", "not-an-object"])
 def test_stream_failures_raise(chunks: list[bytes], error: type) -> None:
-    stream = TokenStream(FakeResponse(chunks), "m", decode_line, Timeouts())  # type: ignore[arg-type]
+    stream = TokenStream(FakeResponse(chunks), "m", LineDecoder(), Timeouts())  # type: ignore[arg-type]
     with pytest.raises(error):
         list(stream)
 
 
 def test_error_line_message_reaches_the_client() -> None:
     stream = TokenStream(FakeResponse([b'{"error":"CUDA out of memory"}\n']), "m",
-                         decode_line, Timeouts())  # type: ignore[arg-type]
+                         LineDecoder(), Timeouts())  # type: ignore[arg-type]
     with pytest.raises(BackendError, match="CUDA out of memory"):
         list(stream)
 
@@ -166,7 +166,7 @@ def test_close_is_idempotent(finished: bool, aborted: bool,
     monkeypatch.setattr("flask_inference_gateway.upstream.stream.abort_response",
                         lambda r: calls.append("abort"))
     response = FakeResponse([])
-    stream = TokenStream(response, "m", decode_line, Timeouts())  # type: ignore[arg-type]
+    stream = TokenStream(response, "m", LineDecoder(), Timeouts())  # type: ignore[arg-type]
     stream._body.complete = finished
     stream.close()
     stream.close()

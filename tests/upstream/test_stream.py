@@ -18,7 +18,7 @@ from flask_inference_gateway.core.errors import (
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.upstream import stream as base_module
 from flask_inference_gateway.upstream.http import call_timeout
-from flask_inference_gateway.upstream.ollama import OllamaBackend, decode_line
+from flask_inference_gateway.upstream.ollama import LineDecoder, OllamaBackend
 from flask_inference_gateway.upstream.stream import TokenStream, interrupt_all, parse_object
 from tests.fake_ollama import FakeOllama
 from tests.requests import typed
@@ -44,7 +44,7 @@ class FakeResponse:
 
 def stream_of(*chunks: bytes) -> tuple[TokenStream, FakeResponse]:
     response = FakeResponse(list(chunks))
-    return TokenStream(response, "m", decode_line, Timeouts()), response  # type: ignore[arg-type]
+    return TokenStream(response, "m", LineDecoder(), Timeouts()), response  # type: ignore[arg-type]
 
 
 def test_call_timeout_never_reaches_past_the_deadline() -> None:

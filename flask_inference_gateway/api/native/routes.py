@@ -20,7 +20,7 @@ from flask_inference_gateway.api.native.schemas import (
     GenerationOptions,
     StreamEvent,
 )
-from flask_inference_gateway.api.native.wire import GATEWAY_EVENTS, whole_answer
+from flask_inference_gateway.api.native.wire import GatewayEvents, whole_answer
 from flask_inference_gateway.api.relay import stream_response
 from flask_inference_gateway.api.state import gateway
 from flask_inference_gateway.worker import client_probe
@@ -52,7 +52,7 @@ def stream(schema: type[GenerationOptions]) -> Response:
     generation = load_with(schema, max_tokens_limit=state.settings.max_tokens)
     principal, gone = current_principal(), client_probe(request.environ)
     return stream_response(lambda: state.service.stream(generation, principal, gone),
-                           lambda _stream: GATEWAY_EVENTS, state.settings.heartbeat_seconds)
+                           lambda _stream: GatewayEvents(), state.settings.heartbeat_seconds)
 
 
 @ns.route("/generate")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from flask_inference_gateway.api.fields import (
     ROLES,
@@ -14,6 +22,15 @@ from flask_inference_gateway.api.fields import (
     options_from,
     penalty,
     response_format_field,
+)
+from flask_inference_gateway.api.tools import (
+    ToolChoiceField,
+    check_choice,
+    logprobs_fields,
+    numbered,
+    object_calls_field,
+    think_field,
+    tools_field,
 )
 from flask_inference_gateway.core.types import GenerationRequest, Message, Op
 
@@ -40,6 +57,8 @@ class GenerationOptions(Schema):
     presence_penalty = penalty("that appeared at all")
     frequency_penalty = penalty("by how often they appeared")
     response_format = response_format_field()
+    think = think_field()
+    logprobs, top_logprobs = logprobs_fields()
 
     def __init__(self, *, max_tokens_limit: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -53,16 +72,29 @@ class GenerationOptions(Schema):
 
     op = Op.GENERATE  # what a loaded body asks for
 
+    @validates_schema
+    def check_tools(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        """Refuse a tool choice without its tool, and top_logprobs without logprobs."""
+        check_choice(tuple(data.get("tools") or ()), data.get("tool_choice"))
+        if data.get("top_logprobs") and not data.get("logprobs"):
+            raise ValidationError("Only allowed when 'logprobs' is true.", "top_logprobs")
+
     @post_load
     def to_request(self, data: dict[str, Any], **_kwargs: Any) -> GenerationRequest:
         """Return the loaded body as the gateway's request."""
         options = options_from(data, data["max_tokens"])
-        messages = tuple(Message(m["role"], m["content"], tuple(m.get("images", ())))
+        messages = tuple(Message(m["role"], m["content"], tuple(m.get("images", ())),
+                                 numbered(m.get("tool_calls")), m.get("tool_call_id") or "",
+                                 m.get("tool_name") or "")
                          for m in data.get("messages", ()))
         return GenerationRequest(self.op, options, model=data.get("model") or "",
                                  prompt=data.get("prompt", ""), system=data.get("system"),
                                  messages=messages, response_format=data.get("response_format"),
-                                 images=tuple(data.get("images", ())))
+                                 images=tuple(data.get("images", ())),
+                                 tools=tuple(data.get("tools") or ()),
+                                 tool_choice=data.get("tool_choice"), think=data.get("think"),
+                                 logprobs=bool(data.get("logprobs")),
+                                 top_logprobs=data.get("top_logprobs"))
 
 
 class GenerateRequest(GenerationOptions):
@@ -81,6 +113,11 @@ class ChatMessage(Schema):
                          metadata=describe("Who wrote it.", "user"))
     content = fields.String(required=True, metadata=describe("The message text.", "Hello!"))
     images = images_field("Images the message shows")
+    tool_calls = object_calls_field()
+    tool_call_id = fields.String(allow_none=True, metadata=describe(
+        "A tool result: the call it answers."))
+    tool_name = fields.String(allow_none=True, metadata=describe(
+        "A tool result: the tool that answered."))
 
 
 class ChatRequest(GenerationOptions):
@@ -91,6 +128,10 @@ class ChatRequest(GenerationOptions):
     messages = fields.List(fields.Nested(ChatMessage), required=True,
                            validate=validate.Length(min=1),
                            metadata=describe("The conversation so far, oldest first."))
+    tools = tools_field()
+    tool_choice = ToolChoiceField(allow_none=True, metadata=describe(
+        "none, auto, required, or {\"type\": \"function\", \"function\": {\"name\"}}; "
+        "Ollama backends take only none and auto."))
 
 
 class UsageBody(Schema):
@@ -148,6 +189,10 @@ class StreamEvent(Schema):
     """
 
     text = fields.String(metadata=describe("The next piece of generated text."))
+    thinking = fields.String(metadata=describe("The next piece of the model's thinking."))
+    logprobs = fields.List(fields.Dict(), metadata=describe("When asked for: per token."))
+    tool_calls = fields.List(fields.Dict(), metadata=describe(
+        "On the last event: the tool calls, whole, arguments as objects."))
     done = fields.Boolean(metadata=describe("True on the last event."))
     done_reason = fields.String(allow_none=True)
     usage = fields.Nested(UsageBody)

@@ -30,6 +30,7 @@ from flask_inference_gateway.api.records import current_record
 from flask_inference_gateway.api.relay import Relay
 from flask_inference_gateway.api.state import EXTENSION_KEY, gateway
 from flask_inference_gateway.core.errors import BadRequest, GatewayError, InvalidJSON
+from flask_inference_gateway.core.pieces import text_of
 from flask_inference_gateway.core.types import Usage
 from flask_inference_gateway.observability import context
 from flask_inference_gateway.upstream.stream import TokenStream
@@ -135,7 +136,7 @@ def relay(ws: Server, opened: Relay) -> dict[str, Any]:
     try:
         for pieces in opened.batches():
             if pieces:  # silence ([]) needs no message: the library pings the client
-                ws.send(dumps({"type": "token", "text": "".join(pieces)}))
+                ws.send(dumps({"type": "token", "text": "".join(map(text_of, pieces))}))
     except Exception as exc:
         if watcher.stopped:  # the cut was ours, not the backend's: a cancellation
             return done_message(stream, cancelled=True)

@@ -1,15 +1,13 @@
 """Request and response bodies of the Ollama-compatible API (/api/*), in Ollama's names.
 
-Ollama fields the gateway cannot honour on every backend yet (``tools``,
-``raw``, ``template``, ``context``, ``suffix``, ``think``, ...) are accepted
-only with their neutral value (absent, null, ``false``, ``""``, ``[]``,
-``{}``, ``0``); any other value is refused with a 400 that names the field.
-So are options other than the ten the gateway translates. ``format``
-(structured output), ``images`` and ``keep_alive`` (a memory hint) are
-forwarded to Ollama backends; an OpenAI-compatible backend gets ``format`` as
-``response_format`` and a message's images as ``image_url`` parts.
-``truncate`` is accepted and ignored. Unknown fields are refused, as on the
-gateway's own routes.
+Fields and options the gateway knows (``format``, ``images``, ``tools``,
+``think``, ``logprobs``, the ten sampling options, ...) are validated and
+translated for either backend kind; ``keep_alive`` (a memory hint) goes to
+Ollama backends only. Fields and options it does not know (``raw``,
+``template``, ``context``, ``suffix``, ``min_p``, ``mirostat``, a newer
+Ollama's own) pass, as they are, to Ollama backends; an OpenAI-compatible
+backend cannot take them, and a 400 names them. ``truncate`` is accepted and
+ignored.
 """
 
 from __future__ import annotations
@@ -34,8 +32,16 @@ from flask_inference_gateway.api.fields import (
     options_from,
     penalty,
 )
+from flask_inference_gateway.api.tools import (
+    logprobs_fields,
+    numbered,
+    object_calls_field,
+    think_field,
+    tools_field,
+)
 from flask_inference_gateway.core.types import (
     EmbeddingRequest,
+    Extra,
     GenerationRequest,
     Message,
     Op,
@@ -65,10 +71,11 @@ def check_num_predict(value: int) -> None:
 
 
 class OllamaOptions(Schema):
-    """The sampling options the gateway translates (Ollama's ``options``)."""
+    """The sampling options the gateway translates (Ollama's ``options``); others are kept
+    for Ollama backends."""
 
-    error_messages = {  # marshmallow merges it into its default messages
-        "unknown": f"Not supported by this gateway; supported options: {', '.join(OPTIONS)}."}
+    class Meta:
+        unknown = INCLUDE
 
     num_predict = fields.Integer(strict=True, validate=check_num_predict, metadata=describe(
         "Most tokens to generate (-1: up to GATEWAY_MAX_TOKENS).", 128))
@@ -101,7 +108,10 @@ class Format(fields.Field):
 
 
 class OllamaRequest(Schema):
-    """What /api/generate and /api/chat share."""
+    """What /api/generate and /api/chat share; unknown fields are kept for Ollama backends."""
+
+    class Meta:
+        unknown = INCLUDE
 
     model = fields.String(validate=validate.Length(min=1, max=256), metadata=describe(
         "Model to run; default GATEWAY_DEFAULT_MODEL.", "llama3.2"))
@@ -129,22 +139,30 @@ class OllamaRequest(Schema):
                 f"Must be at most {self.max_tokens_limit} (GATEWAY_MAX_TOKENS)."]}})
         return wanted
 
+    think = think_field()
+    logprobs, top_logprobs = logprobs_fields()
+
+    def extra(self, data: dict[str, Any], options: dict[str, Any]) -> Extra | None:
+        """Return the fields and options the schema does not know, for Ollama backends."""
+        unknown = tuple((k, v) for k, v in data.items() if k not in self.fields)
+        unknown_options = tuple((k, v) for k, v in options.items() if k not in OPTIONS)
+        return Extra("ollama", unknown, unknown_options) if unknown or unknown_options else None
+
     @post_load
     def to_request(self, data: dict[str, Any], **_kwargs: Any) -> GenerationRequest:
         """Return the loaded body as the gateway's request."""
         options = data.get("options") or {}
         sampling = options_from(options, self.max_tokens(options))
-        messages = tuple(Message(m["role"], m["content"], tuple(m.get("images") or ()))
-                         for m in data.get("messages", ()))
         return GenerationRequest(self.op, sampling, model=data.get("model") or "",
                                  prompt=data.get("prompt", ""), system=data.get("system"),
-                                 messages=messages, stream=data["stream"],
-                                 response_format=data.get("format"),
+                                 messages=tuple(data.get("messages", ())),
+                                 stream=data["stream"], response_format=data.get("format"),
                                  images=tuple(data.get("images") or ()),
-                                 keep_alive=data.get("keep_alive"))
-    think = unsupported("Thinking")
-    logprobs = unsupported("Log probabilities")
-    top_logprobs = unsupported("Log probabilities")
+                                 keep_alive=data.get("keep_alive"),
+                                 tools=tuple(data.get("tools") or ()),
+                                 think=data.get("think"), logprobs=bool(data.get("logprobs")),
+                                 top_logprobs=data.get("top_logprobs"),
+                                 extra=self.extra(data, options))
 
 
 class OllamaGenerateRequest(OllamaRequest):
@@ -153,14 +171,7 @@ class OllamaGenerateRequest(OllamaRequest):
     prompt = fields.String(load_default="", metadata=describe(
         "The text to continue; empty: only load the model.", "Why is the sky blue?"))
     system = fields.String(allow_none=True, metadata=describe("System prompt."))
-    suffix = unsupported("Fill-in-the-middle")
-    template = unsupported("Prompt templates")
-    context = unsupported("Context tokens")
-    raw = unsupported("Raw prompts")
     images = images_field("Images")
-    width = unsupported("Image generation")
-    height = unsupported("Image generation")
-    steps = unsupported("Image generation")
 
 
 class OllamaMessage(Schema):
@@ -170,9 +181,20 @@ class OllamaMessage(Schema):
                          metadata=describe("Who wrote it.", "user"))
     content = fields.String(load_default="", metadata=describe("The message text.", "Hello!"))
     images = images_field("Images")
-    tool_calls = unsupported("Tool calls")
-    tool_name = unsupported("Tool results")
-    thinking = unsupported("Thinking")
+    tool_calls = object_calls_field()
+    tool_name = fields.String(allow_none=True, metadata=describe(
+        "A tool result: the tool that answered."))
+    tool_call_id = fields.String(allow_none=True, metadata=describe(
+        "A tool result: the call it answers."))
+    thinking = fields.String(allow_none=True, metadata=describe(
+        "An assistant's earlier thinking."))
+
+    @post_load
+    def to_message(self, data: dict[str, Any], **_kwargs: Any) -> Message:
+        """Return the gateway's message."""
+        return Message(data["role"], data["content"], tuple(data.get("images") or ()),
+                       numbered(data.get("tool_calls")), data.get("tool_call_id") or "",
+                       data.get("tool_name") or "", data.get("thinking") or "")
 
 
 class OllamaChatRequest(OllamaRequest):
@@ -181,7 +203,7 @@ class OllamaChatRequest(OllamaRequest):
     op = Op.CHAT
     messages = fields.List(fields.Nested(OllamaMessage), load_default=list, metadata=describe(
         "The conversation so far, oldest first; empty: only load the model."))
-    tools = unsupported("Tools")
+    tools = tools_field()
 
 
 class TextOrList(fields.Field):
@@ -246,25 +268,32 @@ class OllamaFinal(Schema):
     created_at = fields.String(required=True, metadata=describe("RFC 3339 time."))
     done = fields.Boolean(required=True)
     done_reason = fields.String(metadata=describe("stop, length; load when only loading."))
-    total_duration = fields.Integer(metadata=describe("Nanoseconds, measured by the gateway."))
-    load_duration = fields.Integer(metadata=describe("Always 0."))
+    total_duration = fields.Integer(metadata=describe(
+        "Nanoseconds: an Ollama backend's own, else measured by the gateway."))
+    load_duration = fields.Integer(metadata=describe("An Ollama backend's own, else 0."))
     prompt_eval_count = fields.Integer()
     prompt_eval_duration = fields.Integer(metadata=describe("Nanoseconds to the first token."))
     eval_count = fields.Integer()
     eval_duration = fields.Integer(metadata=describe("Nanoseconds from the first token."))
+    logprobs = fields.List(fields.Dict(), metadata=describe(
+        "When asked for: each token's token, logprob, bytes and top_logprobs."))
 
 
 class OllamaGenerateResponse(OllamaFinal):
     """One NDJSON line of /api/generate, or its whole answer."""
 
     response = fields.String(required=True)
+    thinking = fields.String(metadata=describe("The model's thinking, when asked to think."))
+    context = fields.List(fields.Integer(), metadata=describe(
+        "An Ollama backend's context tokens, on the last line."))
 
 
 class OllamaChatResponse(OllamaFinal):
     """One NDJSON line of /api/chat, or its whole answer."""
 
     message = fields.Dict(required=True, metadata=describe(
-        "The assistant's message (or its next piece).", {"role": "assistant", "content": "Hi"}))
+        "The assistant's message (or its next piece): role, content, and thinking and "
+        "tool_calls when there are.", {"role": "assistant", "content": "Hi"}))
 
 
 class OllamaEmbedResponse(Schema):

@@ -19,13 +19,15 @@ from flask_inference_gateway.api.common import (
     load_with,
     schema_model,
 )
+from flask_inference_gateway.api.openai.answers import (
+    OpenAICompletion,
+    OpenAIEmbeddingList,
+    OpenAIErrorResponse,
+)
 from flask_inference_gateway.api.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    OpenAICompletion,
-    OpenAIEmbeddingList,
-    OpenAIErrorResponse,
     Sampling,
 )
 from flask_inference_gateway.api.openai.wire import OpenAIChunks, completion_body, embedding_body

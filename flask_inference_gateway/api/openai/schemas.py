@@ -2,11 +2,12 @@
 
 Loading a request returns the gateway's typed request (``GenerationRequest``
 or ``EmbeddingRequest``), with how to answer it (``stream``, usage, encoding).
-OpenAI fields the gateway cannot honour (tools, logprobs, n > 1, ...) are
-accepted only with their neutral value (``[]``, ``{"type": "text"}``, ``false``, ``0``,
-``1``): any other value is refused with a 422 that names the field, rather than
-answered as if it had not been sent. ``user`` is accepted and ignored; unknown
-fields are refused, as on the gateway's own routes.
+Fields the gateway knows are validated and translated for either backend kind.
+Fields it does not know pass, as they are, to OpenAI-compatible backends (a
+newer vLLM's options, ``chat_template_kwargs``, ...); an Ollama backend cannot
+take them, and a 422 names them. Fields that would break the gateway's one
+generation per request (``n`` > 1, ``best_of``, beam search) are refused, as are
+the legacy ``functions``; ``user`` is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 from marshmallow import (
+    INCLUDE,
     Schema,
     ValidationError,
     fields,
@@ -31,10 +33,23 @@ from flask_inference_gateway.api.fields import (
     penalty,
     response_format_field,
 )
+from flask_inference_gateway.api.tools import (
+    TOOL_NAME,
+    ToolChoiceField,
+    check_choice,
+    logprobs_fields,
+    numbered,
+    tools_field,
+)
 from flask_inference_gateway.core import types
-from flask_inference_gateway.core.types import GenerationRequest, Op
+from flask_inference_gateway.core.pieces import ToolCall
+from flask_inference_gateway.core.types import Extra, GenerationRequest, Op
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+# Unknown to the gateway's schema, yet not harmless: each runs several generations.
+SEVERAL = ("best_of", "use_beam_search")
+# reasoning_effort as Ollama's think takes it (it knows no "minimal").
+EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
 MAX_INPUTS = 2048  # OpenAI's limit of inputs per embeddings request
 
@@ -126,25 +141,81 @@ class StreamOptions(Schema):
         "Send a last chunk with the usage (and empty choices) before [DONE]."))
 
 
+class Arguments(fields.String):
+    """A tool call's arguments: the JSON text of an object."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            parsed = orjson.loads(text or "{}")
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ValidationError("Must be the JSON text of an object, e.g. "
+                                  "'{\"city\": \"Paris\"}'.")
+        return text
+
+
+class CallFunction(Schema):
+    """The function a call names, its arguments as JSON text."""
+
+    name = fields.String(required=True, validate=TOOL_NAME)
+    arguments = Arguments(load_default="{}")
+
+
+class ToolCallBody(Schema):
+    """An assistant's tool call, as OpenAI writes it."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    type = fields.String(load_default="function", validate=validate.Equal("function"))
+    function = fields.Nested(CallFunction, required=True)
+
+    @post_load
+    def to_call(self, data: dict[str, Any], **_kwargs: Any) -> ToolCall:
+        """Return the gateway's call."""
+        return ToolCall(0, data["id"], data["function"]["name"], data["function"]["arguments"])
+
+
 class Message(Schema):
     """One message of a conversation; ``developer`` counts as ``system``."""
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES),
                          metadata=describe("Who wrote it.", "user"))
-    content = Content(required=True, metadata=describe(
-        "A string, or a list of text and image_url (data: URL) parts.", "Hello!"))
-    name = fields.String(allow_none=True, metadata=describe("Ignored."))
+    content = Content(allow_none=True, metadata=describe(
+        "A string, or a list of text and image_url (data: URL) parts; may be null in an "
+        "assistant's message with tool_calls.", "Hello!"))
+    name = fields.String(allow_none=True, metadata=describe(
+        "A tool result's tool; otherwise ignored."))
+    tool_calls = fields.List(fields.Nested(ToolCallBody), allow_none=True, metadata=describe(
+        "An assistant's tool calls."))
+    tool_call_id = fields.String(allow_none=True, metadata=describe(
+        "A tool result: the call it answers."))
+    reasoning_content = fields.String(allow_none=True, metadata=describe(
+        "An assistant's earlier reasoning (Ollama backends get it as thinking)."))
+
+    @validates_schema
+    def check_content(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        """Require content, except in an assistant's message that calls tools."""
+        if data.get("content") is None and not (data["role"] == "assistant"
+                                                and data.get("tool_calls")):
+            raise ValidationError("Missing data for required field.", "content")
 
     @post_load
     def to_message(self, data: dict[str, Any], **_kwargs: Any) -> types.Message:
-        """Return the gateway's message: role and content."""
+        """Return the gateway's message."""
         role = "system" if data["role"] == "developer" else data["role"]
-        text, images = data["content"]
-        return types.Message(role, text, images)
+        text, images = data.get("content") or ("", ())
+        return types.Message(role, text, images, numbered(data.get("tool_calls")),
+                             data.get("tool_call_id") or "",
+                             (data.get("name") or "") if role == "tool" else "",
+                             data.get("reasoning_content") or "")
 
 
 class Sampling(Schema):
-    """What both generating routes accept."""
+    """What both generating routes accept; unknown fields are kept for OpenAI backends."""
+
+    class Meta:
+        unknown = INCLUDE
 
     model = fields.String(allow_none=True, validate=validate.Length(min=1, max=256),
                           metadata=describe("Model to run; default GATEWAY_DEFAULT_MODEL.",
@@ -160,8 +231,9 @@ class Sampling(Schema):
     seed = fields.Integer(strict=True, allow_none=True)
     stream = fields.Boolean(allow_none=True, metadata=describe("Answer with SSE chunks."))
     stream_options = fields.Nested(StreamOptions, allow_none=True)
-    n = fields.Integer(strict=True, allow_none=True, validate=validate.Equal(
-        1, error="Only n=1 is supported."))
+    n = fields.Integer(strict=True, allow_none=True, validate=validate.Equal(1, error=(
+        "Only n=1: the gateway relays one choice per request and charges it as one; send "
+        "n requests (with different seeds) instead.")))
     user = fields.String(allow_none=True, metadata=describe("Ignored."))
     presence_penalty = penalty("that appeared at all")
     frequency_penalty = penalty("by how often they appeared")
@@ -179,6 +251,16 @@ class Sampling(Schema):
                 raise ValidationError(f"Must be at most {self.max_tokens_limit}.", name)
         if data.get("stream_options") and not data.get("stream"):
             raise ValidationError("Only allowed when 'stream' is true.", "stream_options")
+        for name in SEVERAL:
+            if data.get(name) not in (None, False, 1):
+                raise ValidationError("Not supported: it runs several generations for one "
+                                      "request; send several requests instead.", name)
+
+    def extra(self, data: dict[str, Any]) -> Extra | None:
+        """Return the fields the schema does not know, for OpenAI-compatible backends."""
+        unknown = tuple((key, value) for key, value in data.items()
+                        if key not in self.fields and key not in SEVERAL)
+        return Extra("openai", unknown) if unknown else None
 
     def request(self, op: Op, data: dict[str, Any], default_tokens: int,
                 **fields: Any) -> GenerationRequest:
@@ -188,7 +270,8 @@ class Sampling(Schema):
         usage = bool((data.get("stream_options") or {}).get("include_usage"))
         return GenerationRequest(op, options, model=data.get("model") or "",
                                  stream=bool(data.get("stream")), include_usage=usage,
-                                 response_format=data.get("response_format"), **fields)
+                                 response_format=data.get("response_format"),
+                                 extra=self.extra(data), **fields)
 
 
 class ChatCompletionRequest(Sampling):
@@ -200,22 +283,41 @@ class ChatCompletionRequest(Sampling):
     max_completion_tokens = fields.Integer(strict=True, allow_none=True,
                                            validate=validate.Range(min=1),
                                            metadata=describe("Wins over max_tokens."))
-    logprobs = neutral(False)
-    top_logprobs = neutral(0)
+    logprobs, top_logprobs = logprobs_fields()
     response_format = response_format_field()
-    tools = neutral([])
-    tool_choice = neutral("none", "auto")
-    parallel_tool_calls = neutral(True, False)
+    tools = tools_field()
+    tool_choice = ToolChoiceField(allow_none=True, metadata=describe(
+        "none, auto, required, or {\"type\": \"function\", \"function\": {\"name\"}}; "
+        "Ollama backends take only none and auto."))
+    parallel_tool_calls = fields.Boolean(allow_none=True, metadata=describe(
+        "false: at most one tool call (OpenAI-compatible backends only)."))
+    reasoning_effort = fields.String(allow_none=True, validate=validate.OneOf(tuple(EFFORTS)),
+                                     metadata=describe("How hard to think; Ollama backends "
+                                                       "get it as think.", "low"))
     functions = neutral([])
     function_call = neutral("none", "auto")
     store = neutral(False)
     modalities = neutral(["text"])
 
+    @validates_schema
+    def check_tools(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        """Refuse a tool choice without its tool, and top_logprobs without logprobs."""
+        check_choice(tuple(data.get("tools") or ()), data.get("tool_choice"))
+        if data.get("top_logprobs") and not data.get("logprobs"):
+            raise ValidationError("Only allowed when 'logprobs' is true.", "top_logprobs")
+
     @post_load
     def to_request(self, data: dict[str, Any], **_kwargs: Any) -> GenerationRequest:
         """Return the gateway's chat request (up to GATEWAY_MAX_TOKENS unless limited)."""
+        effort = data.get("reasoning_effort")
         return self.request(Op.CHAT, data, self.max_tokens_limit,
-                            messages=tuple(data["messages"]))
+                            messages=tuple(data["messages"]),
+                            tools=tuple(data.get("tools") or ()),
+                            tool_choice=data.get("tool_choice"),
+                            parallel_tool_calls=data.get("parallel_tool_calls"),
+                            think=None if effort is None else EFFORTS[effort],
+                            logprobs=bool(data.get("logprobs")),
+                            top_logprobs=data.get("top_logprobs"))
 
 
 class CompletionRequest(Sampling):
@@ -253,73 +355,3 @@ class EmbeddingRequest(Schema):
         """Return the gateway's embedding request."""
         return types.EmbeddingRequest(tuple(data["input"]), model=data.get("model") or "",
                                 encoding=data.get("encoding_format") or "float")
-
-
-# Answers, for the Swagger spec only: the views build them directly (wire.py).
-
-class OpenAIUsage(Schema):
-    """Token counts."""
-
-    prompt_tokens = fields.Integer(required=True)
-    completion_tokens = fields.Integer()
-    total_tokens = fields.Integer(required=True)
-
-
-class OpenAIChoice(Schema):
-    """One choice: a chat message (or delta), or a completion's text."""
-
-    index = fields.Integer(required=True)
-    message = fields.Dict(metadata=describe("chat.completion: role and content."))
-    delta = fields.Dict(metadata=describe("chat.completion.chunk: role, then content."))
-    text = fields.String(metadata=describe("text_completion: the text."))
-    logprobs = fields.Raw(allow_none=True, metadata=describe("Always null."))
-    finish_reason = fields.String(allow_none=True, metadata=describe("stop or length.",
-                                                                     "stop"))
-
-
-class OpenAICompletion(Schema):
-    """A chat.completion or text_completion object, or one chunk of a stream."""
-
-    id = fields.String(required=True)
-    object = fields.String(required=True, metadata=describe(
-        "chat.completion, chat.completion.chunk or text_completion."))
-    created = fields.Integer(required=True)
-    model = fields.String(required=True)
-    choices = fields.List(fields.Nested(OpenAIChoice), required=True)
-    usage = fields.Nested(OpenAIUsage, allow_none=True)
-
-
-class OpenAIEmbedding(Schema):
-    """One input's vector."""
-
-    object = fields.String(required=True, metadata=describe("embedding"))
-    index = fields.Integer(required=True)
-    embedding = fields.Raw(required=True, metadata=describe(
-        "A list of floats, or base64 of little-endian float32s."))
-
-
-class OpenAIEmbeddingList(Schema):
-    """Answer of POST /v1/embeddings."""
-
-    object = fields.String(required=True, metadata=describe("list"))
-    data = fields.List(fields.Nested(OpenAIEmbedding), required=True)
-    model = fields.String(required=True)
-    usage = fields.Nested(OpenAIUsage, required=True)
-
-
-class OpenAIErrorDetail(Schema):
-    """What went wrong, as OpenAI says it."""
-
-    message = fields.String(required=True)
-    type = fields.String(required=True, metadata=describe(
-        "invalid_request_error, authentication_error, permission_error, not_found_error, "
-        "rate_limit_error or server_error.", "invalid_request_error"))
-    param = fields.String(allow_none=True, metadata=describe("The invalid field, if one is."))
-    code = fields.String(required=True, metadata=describe("The gateway's error type.",
-                                                          "model_not_found"))
-
-
-class OpenAIErrorResponse(Schema):
-    """Every error of the OpenAI-compatible routes."""
-
-    error = fields.Nested(OpenAIErrorDetail, required=True)

@@ -9,10 +9,12 @@ from typing import Any
 
 import orjson
 
+from flask_inference_gateway.api.calls import CallFragments, openai_call, reason_with_calls
 from flask_inference_gateway.api.common import new_id
 from flask_inference_gateway.api.openai import errors
 from flask_inference_gateway.api.relay import PING, event
 from flask_inference_gateway.core.errors import GatewayError
+from flask_inference_gateway.core.pieces import Delta, Piece
 from flask_inference_gateway.core.types import Completion, Embeddings, Op
 from flask_inference_gateway.upstream.stream import TokenStream
 
@@ -26,9 +28,10 @@ ID_PREFIXES = {Op.CHAT: "chatcmpl", Op.GENERATE: "cmpl"}
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
 
 
-def finish_reason(done_reason: str | None) -> str:
+def finish_reason(done_reason: str | None, called: bool = False) -> str:
     """Return OpenAI's finish_reason for a backend's done_reason."""
-    return done_reason if done_reason in FINISH_REASONS else "stop"
+    reason = reason_with_calls(done_reason, called)
+    return reason if reason in FINISH_REASONS else "stop"
 
 
 def choice(op: Op, text: str, reason: str | None, *, delta: bool = False) -> dict[str, Any]:
@@ -43,10 +46,20 @@ def choice(op: Op, text: str, reason: str | None, *, delta: bool = False) -> dic
 
 def completion_body(op: Op, completion: Completion) -> dict[str, Any]:
     """Return a whole chat.completion or text_completion object."""
+    calls = completion.tool_calls
+    answer = choice(op, completion.text, finish_reason(completion.done_reason, bool(calls)))
+    if op is Op.CHAT:
+        message = answer["message"]
+        if completion.thinking:
+            message["reasoning_content"] = completion.thinking
+        if calls:
+            message["content"] = completion.text or None
+            message["tool_calls"] = [openai_call(call) for call in calls]
+    if completion.logprobs:
+        answer["logprobs"] = {"content": completion.logprobs}
     return {"id": new_id(ID_PREFIXES[op]), "object": OBJECTS[op],
             "created": int(time.time()), "model": completion.model,
-            "choices": [choice(op, completion.text, finish_reason(completion.done_reason))],
-            "usage": completion.usage.to_dict()}
+            "choices": [answer], "usage": completion.usage.to_dict()}
 
 
 def encode_vector(vector: list[float], encoding: str) -> list[float] | str:
@@ -90,6 +103,7 @@ class OpenAIChunks:
         self.head = b"data: " + dumps(self.envelope)[:-1] + b',"choices":[{"index":0,' + opening
         self.tail = (b"}" if op is Op.CHAT else b"") + (
             b',"logprobs":null,"finish_reason":null}]' + usage + b"}\n\n")
+        self.calls = CallFragments()
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         """Encode one chunk around ``choices``."""
@@ -105,14 +119,31 @@ class OpenAIChunks:
         return self.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
                             "logprobs": None, "finish_reason": None}])
 
-    def pieces(self, pieces: list[str]) -> bytes:
+    def pieces(self, pieces: list[Piece]) -> bytes:
         """Encode pieces that arrived together as one write of chunks."""
         head, tail = self.head, self.tail
-        return self.opening() + b"".join([head + dumps(piece) + tail for piece in pieces])
+        return self.opening() + b"".join([
+            head + dumps(piece) + tail if type(piece) is str else self.delta(piece)  # type: ignore[arg-type]
+            for piece in pieces])
+
+    def delta(self, piece: Delta) -> bytes:
+        """Encode a piece with more than text: thinking, tool call fragments, logprobs."""
+        last = choice(self.op, piece.text, None, delta=True)
+        if self.op is Op.CHAT:
+            delta = last["delta"]
+            if piece.thinking:
+                delta["reasoning_content"] = piece.thinking
+            if piece.tool_calls:
+                delta["content"] = piece.text or None
+                delta["tool_calls"] = [self.calls.delta(call) for call in piece.tool_calls]
+        if piece.logprobs:
+            last["logprobs"] = {"content": list(piece.logprobs)}
+        return self.chunk([last])
 
     def done(self, stream: TokenStream) -> bytes:
         """Encode the finish chunk, the usage chunk if asked for, and [DONE]."""
-        last = choice(self.op, "", finish_reason(stream.done_reason), delta=True)
+        called = bool(self.calls.started)
+        last = choice(self.op, "", finish_reason(stream.done_reason, called), delta=True)
         if self.op is Op.CHAT:
             last["delta"] = {}
         usage = self.chunk([], usage=stream.usage.to_dict()) if self.include_usage else b""

@@ -88,7 +88,9 @@ def test_whole_answer_in_ollamas_shape(client: FlaskClient, fake_ollama: FakeOll
     assert text_of(kind, body) == "".join(PIECES)
     assert body["done"] is True and body["done_reason"] == "stop"
     assert (body["prompt_eval_count"], body["eval_count"]) == (1, 8)
-    assert body["total_duration"] > 0 and body["load_duration"] == 0
+    # The Ollama backend's own figures pass through: its load time, its context.
+    assert body["total_duration"] > 0 and 0 < body["load_duration"] <= 1_000_000
+    assert body.get("context") == ([1, 2, 3] if kind == "generate" else None)
     schema = OllamaChatResponse() if kind == "chat" else OllamaGenerateResponse()
     assert schema.validate(body) == {}
     assert fake_ollama.requests_seen[0]["stream"] is True  # assembled by the gateway
@@ -134,17 +136,19 @@ def test_options_are_translated(client: FlaskClient, fake_ollama: FakeOllama,
 @pytest.mark.parametrize(("body", "field"), [
     (body_for("generate", format="yaml"), "format"),
     (body_for("generate", images=["not base64!"]), "images[0]"),
-    (body_for("generate", raw=True), "raw"),
-    (body_for("generate", think=True), "think"),
+    (body_for("generate", think="extreme"), "think"),
     (body_for("generate", options={"num_ctx": 0}), "options.num_ctx"),
     (body_for("generate", options={"num_predict": 5000}), "options.num_predict"),
-    (body_for("generate", suffix="end"), "suffix"),
-    (body_for("generate", nonsense=1), "nonsense"),
-    (body_for("chat", tools=[{"type": "function"}]), "tools"),
+    (body_for("chat", tools=[{"type": "function"}]), "tools[0].function"),
+    (body_for("chat", tools=[{"type": "retrieval", "function": {"name": "f"}}]), "tools[0].type"),
+    (body_for("generate", logprobs=True, top_logprobs=21), "top_logprobs"),
+    ({"messages": [{"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "f", "arguments": "not an object"}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
     ({"messages": [{"role": "user", "content": "hi", "images": [7]}]}, "messages[0].images[0]"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-], ids=["bad-format", "bad-image", "raw", "think", "bad-num-ctx", "over-max-tokens", "suffix",
-        "unknown", "tools", "bad-message-image", "bad-role"])
+], ids=["bad-format", "bad-image", "bad-think", "bad-num-ctx", "over-max-tokens", "bad-tool",
+        "tool-type", "top-logprobs", "call-arguments", "bad-message-image", "bad-role"])
 def test_what_cannot_be_honoured_is_a_400_naming_it(client: FlaskClient, fake_ollama: FakeOllama,
                                                      body: dict[str, Any], field: str) -> None:
     kind = "chat" if "messages" in body else "generate"
@@ -153,9 +157,21 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(client: FlaskClient, fake_ol
     assert fake_ollama.requests_seen == []
 
 
-def test_neutral_values_of_unsupported_fields_pass(client: FlaskClient) -> None:
+def test_neutral_values_pass(client: FlaskClient) -> None:
     body = body_for("chat", tools=[], format="", think=False, stream=False)
     assert client.post("/api/chat", json=body).status_code == 200
+
+
+def test_fields_the_gateway_does_not_know_reach_an_ollama_backend(
+        client: FlaskClient, fake_ollama: FakeOllama) -> None:
+    body = body_for("generate", stream=False, raw=True, suffix="end", context=[1, 2],
+                    some_future_field={"a": 1}, options={"min_p": 0.05, "mirostat": 2})
+    assert client.post("/api/generate", json=body).status_code == 200
+    seen = fake_ollama.requests_seen[0]
+    assert (seen["raw"], seen["suffix"], seen["context"]) == (True, "end", [1, 2])
+    assert seen["some_future_field"] == {"a": 1}
+    assert (seen["options"]["min_p"], seen["options"]["mirostat"]) == (0.05, 2)
+    assert seen["stream"] is True and seen["options"]["num_predict"] == 4096  # policy holds
 
 
 @pytest.mark.parametrize(("kind", "body", "reason"), [
