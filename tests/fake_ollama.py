@@ -2,7 +2,10 @@
 
 Fault directives are read from the prompt, system prompt or any message content, using the
 same ``[[sim:key=value]]`` syntax as the shared Go simbackend: ``status=N``, ``die-after=N``,
-``error-after=N``, ``hang``, ``delay=S``, ``ttft=S``, ``tokens=N``, ``itl=S``.
+``error-after=N``, ``hang``, ``delay=S``, ``ttft=S``, ``tokens=N``, ``itl=S``. What a real
+model does on its own is asked for the same way: ``think`` (two pieces of thinking before
+the text) and ``tool=NAME`` (a call of NAME with ``TOOL_ARGUMENTS`` after the text);
+``"logprobs": true`` in the body adds each token's log probability.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ STATUS_MESSAGES = {
     503: BUSY_MSG,
 }
 STAT_KEYS = ("requests", "completed", "cancelled", "active", "errors")
+THOUGHTS = ["Let me think.", " Done thinking."]
+TOOL_ARGUMENTS = {"city": "Paris"}
+TOOL_CALL_ID = "call_fake0"
 
 
 class BadRequest(Exception):
@@ -63,6 +69,9 @@ class Job:
     status: int | None = None
     die_after: int | None = None
     error_after: int | None = None
+    thoughts: list[str] = field(default_factory=list)
+    tool: str | None = None
+    logprobs: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -297,6 +306,8 @@ def build_job(fake: FakeOllama, kind: str, body: Any) -> Job:
         itl=fake.itl, ttft=fake.ttft,
     )
     apply_directives(job, sim)
+    job.thoughts = list(THOUGHTS) if "think" in sim else []
+    job.tool, job.logprobs = sim.get("tool") or None, body.get("logprobs") is True
     count = int(sim.get("tokens") or fake.tokens)
     job.pieces, job.done_reason = make_pieces(count, options)
     return job
@@ -346,15 +357,35 @@ def make_pieces(count: int, options: dict[str, Any]) -> tuple[list[str], str]:
     return pieces, reason
 
 
-def chunk_line(job: Job, piece: str) -> dict[str, Any]:
+def logprob(piece: str) -> dict[str, Any]:
+    """Return a token's log probability entry, as Ollama and OpenAI write it."""
+    return {"token": piece, "logprob": -0.5, "bytes": list(piece.encode()), "top_logprobs": []}
+
+
+def chunk_line(job: Job, piece: str, thinking: str = "",
+               calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Build one streamed (not final) line."""
     line: dict[str, Any] = {"model": job.model, "created_at": now_rfc3339()}
     if job.kind == "chat":
         line["message"] = {"role": "assistant", "content": piece}
+        if thinking:
+            line["message"]["thinking"] = thinking
+        if calls:
+            line["message"]["tool_calls"] = calls
     else:
         line["response"] = piece
+        if thinking:
+            line["thinking"] = thinking
+    if job.logprobs and piece:
+        line["logprobs"] = [logprob(piece)]
     line["done"] = False
     return line
+
+
+def ollama_calls(job: Job) -> list[dict[str, Any]]:
+    """Return the job's tool call as Ollama writes it."""
+    return [{"id": TOOL_CALL_ID, "function": {"index": 0, "name": job.tool,
+                                             "arguments": TOOL_ARGUMENTS}}]
 
 
 def final_line(job: Job, text: str) -> dict[str, Any]:
@@ -637,7 +668,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _whole_body(self, job: Job) -> bytes:
         """Return the body of a whole (non-streamed) answer."""
-        return dumps(final_line(job, "".join(job.pieces)))
+        line = final_line(job, "".join(job.pieces))
+        key = "message" if job.kind == "chat" else None
+        target = line[key] if key else line
+        if job.thoughts:
+            target["thinking"] = "".join(job.thoughts)
+        if job.tool and key:
+            target["tool_calls"] = ollama_calls(job)
+        if job.logprobs:
+            line["logprobs"] = [logprob(p) for p in job.pieces]
+        return dumps(line)
+
+    def _extra_bytes(self, job: Job, before: bool) -> bytes:
+        """Return the thinking that leads a stream, or the tool call that ends it."""
+        if before:
+            return b"".join(dumps(chunk_line(job, "", thinking=t)) + b"\n" for t in job.thoughts)
+        if job.tool and job.kind == "chat":
+            return dumps(chunk_line(job, "", calls=ollama_calls(job))) + b"\n"
+        return b""
 
     def _piece_bytes(self, job: Job, piece: str) -> bytes:
         """Return one streamed piece on the wire."""
@@ -654,6 +702,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, job: Job) -> None:
         """Stream pieces as NDJSON chunks, injecting mid-stream faults."""
         self._start_stream()
+        if job.thoughts:
+            self._write_chunk(self._extra_bytes(job, before=True))
         for i in range(len(job.pieces) + 1):
             if job.die_after == i:
                 self._settle("errors")
@@ -665,6 +715,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write_chunk(b"")
                 return
             if i == len(job.pieces):
+                if job.tool:
+                    self._write_chunk(self._extra_bytes(job, before=False))
                 break
             if i and not self._wait_alive(job.itl):
                 return

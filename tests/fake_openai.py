@@ -14,12 +14,15 @@ from typing import Any
 
 from tests.fake_ollama import (
     MODEL_ERROR_MSG,
+    TOOL_ARGUMENTS,
+    TOOL_CALL_ID,
     BadRequest,
     FakeOllama,
     Job,
     _Handler,
     dumps,
     embed_inputs,
+    logprob,
     vector,
 )
 
@@ -33,13 +36,28 @@ def usage(job: Job) -> dict[str, int]:
             "total_tokens": job.prompt_words + len(job.pieces)}
 
 
-def choice(job: Job, text: str, finish: str | None, *, delta: bool) -> dict[str, Any]:
+def choice(job: Job, text: str, finish: str | None, *, delta: bool,
+           **message: Any) -> dict[str, Any]:
     """Return one choice: a chat message (or delta) or a completion's text."""
     if job.kind == "chat":
         key = "delta" if delta else "message"
-        return {"index": 0, key: {"role": "assistant", "content": text},
+        body = {"index": 0, key: {"role": "assistant", "content": text, **message},
                 "finish_reason": finish}
-    return {"index": 0, "text": text, "finish_reason": finish}
+    else:
+        body = {"index": 0, "text": text, "finish_reason": finish}
+    if job.logprobs and text:
+        body["logprobs"] = {"content": [logprob(text)]}
+    return body
+
+
+def finish_of(job: Job) -> str:
+    """Return the finish_reason: tool_calls when the job calls a tool."""
+    return "tool_calls" if job.tool else job.done_reason
+
+
+# A call's arguments arrive in fragments, as vLLM and llama.cpp stream them.
+ARGUMENT_FRAGMENTS = ['{"city":', ' "Par', 'is"}']
+assert "".join(ARGUMENT_FRAGMENTS) == json.dumps(TOOL_ARGUMENTS)
 
 
 def envelope(job: Job, choices: list[dict[str, Any]], *, chunk: bool) -> dict[str, Any]:
@@ -119,15 +137,36 @@ class _OpenAIHandler(_Handler):
                                            "param": None, "code": status}})
 
     def _whole_body(self, job: Job) -> bytes:
-        return dumps({**envelope(job, [choice(job, "".join(job.pieces), job.done_reason,
-                                              delta=False)], chunk=False),
-                      "usage": usage(job)})
+        extra: dict[str, Any] = {}
+        if job.thoughts:
+            extra["reasoning_content"] = "".join(job.thoughts)
+        if job.tool:
+            extra["tool_calls"] = [{"id": TOOL_CALL_ID, "type": "function", "function": {
+                "name": job.tool, "arguments": json.dumps(TOOL_ARGUMENTS)}}]
+        answer = choice(job, "".join(job.pieces), finish_of(job), delta=False, **extra)
+        if job.logprobs:
+            answer["logprobs"] = {"content": [logprob(p) for p in job.pieces]}
+        return dumps({**envelope(job, [answer], chunk=False), "usage": usage(job)})
 
     def _piece_bytes(self, job: Job, piece: str) -> bytes:
         return event(envelope(job, [choice(job, piece, None, delta=True)], chunk=True))
 
+    def _delta_bytes(self, job: Job, **delta: Any) -> bytes:
+        return event(envelope(job, [{"index": 0, "delta": delta, "finish_reason": None}],
+                              chunk=True))
+
+    def _extra_bytes(self, job: Job, before: bool) -> bytes:
+        if before:
+            return b"".join(self._delta_bytes(job, reasoning_content=t) for t in job.thoughts)
+        if not job.tool or job.kind != "chat":
+            return b""
+        first = {"index": 0, "id": TOOL_CALL_ID, "type": "function",
+                 "function": {"name": job.tool, "arguments": ""}}
+        later = [{"index": 0, "function": {"arguments": a}} for a in ARGUMENT_FRAGMENTS]
+        return b"".join(self._delta_bytes(job, tool_calls=[call]) for call in [first, *later])
+
     def _final_bytes(self, job: Job) -> bytes:
-        last = event(envelope(job, [choice(job, "", job.done_reason, delta=True)], chunk=True))
+        last = event(envelope(job, [choice(job, "", finish_of(job), delta=True)], chunk=True))
         if self.include_usage:
             last += event({**envelope(job, [], chunk=True), "usage": usage(job)})
         return last + event(b"[DONE]")
