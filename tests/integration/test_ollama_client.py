@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import requests
 
 from flask_inference_gateway.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY, GatewayProcess, start_gateway
-from tests.fake_ollama import VERSION, FakeOllama
+from tests.fake_ollama import THOUGHTS, TOOL_ARGUMENTS, VERSION, FakeOllama
 from tests.fake_openai import FakeOpenAI
 from tests.integration.test_gunicorn import idle_fake, run_gateway
 
@@ -186,3 +187,63 @@ def test_chat_through_an_openai_compatible_backend(tmp_path: Path) -> None:
         assert "".join(p.message.content for p in parts) == "".join(PIECES)
         assert parts[-1].done and parts[-1].done_reason == "stop"
         assert [seen["path"] for seen in vllm.requests_seen] == ["/v1/chat/completions"] * 2
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+CALL = [{"role": "user", "content": "[[sim:tool=get_weather]] [[sim:think]] Paris?"}]
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
+
+
+def check_tool_turn(ollama_client: ollama.Client) -> None:
+    """Ask for a tool call, whole and streamed, and check what the client read."""
+    whole = ollama_client.chat("llama3.2", CALL, tools=[WEATHER], think=True)
+    (call,) = whole.message.tool_calls or []
+    assert call.function.name == "get_weather" and call.function.arguments == TOOL_ARGUMENTS
+    assert whole.message.thinking == "".join(THOUGHTS)
+    parts = list(ollama_client.chat("llama3.2", CALL, tools=[WEATHER], think=True,
+                                    stream=True))
+    calls = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert "".join(p.message.thinking or "" for p in parts) == "".join(THOUGHTS)
+    assert parts[-1].done
+
+
+def test_tools_and_thinking(gateway: GatewayProcess, fake: FakeOllama) -> None:
+    with client(gateway) as ollama_client:
+        check_tool_turn(ollama_client)
+    seen = fake.requests_seen[0]
+    assert seen["tools"][0]["function"]["name"] == "get_weather" and seen["think"] is True
+
+
+def test_format_images_options_and_keep_alive_reach_the_backend(gateway: GatewayProcess,
+                                                                 fake: FakeOllama) -> None:
+    with client(gateway) as ollama_client:
+        ollama_client.generate("llama3.2", "Where?", format=SCHEMA, images=[PNG],
+                               options={"temperature": 0, "num_ctx": 2048, "min_p": 0.1},
+                               keep_alive="10m")
+        ollama_client.chat("llama3.2", MESSAGES, format="json")
+    first, second = fake.requests_seen
+    assert first["format"] == SCHEMA and first["keep_alive"] == "10m"
+    assert first["images"] == [base64.b64encode(PNG).decode()]
+    assert first["options"]["num_ctx"] == 2048 and first["options"]["min_p"] == 0.1
+    assert second["format"] == "json"
+
+
+def test_tools_and_thinking_through_an_openai_compatible_backend(tmp_path: Path) -> None:
+    with FakeOpenAI(tokens=8) as vllm:
+        server = start_gateway(auth_env(tmp_path / "keys.json", vllm.url, openai=True),
+                               tmp_path / "gunicorn.log")
+        try:
+            with client(server) as ollama_client:
+                check_tool_turn(ollama_client)
+                ollama_client.chat("llama3.2", MESSAGES, format=SCHEMA, think="low")
+        finally:
+            server.stop()
+    seen = vllm.requests_seen
+    assert seen[0]["tools"][0]["function"]["name"] == "get_weather"
+    assert seen[0]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert seen[-1]["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert seen[-1]["reasoning_effort"] == "low"

@@ -3,6 +3,8 @@ front of the fake Ollama (translated) and a fake vLLM (passed through)."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import TEST_KEY, GatewayProcess, start_gateway
-from tests.fake_ollama import FakeOllama, vector
+from tests.fake_ollama import TOOL_ARGUMENTS, FakeOllama, vector
 from tests.fake_openai import FakeOpenAI
 from tests.integration.test_gunicorn import assert_no_traceback, idle_fake
 
@@ -186,3 +188,71 @@ def test_closing_a_stream_cancels_upstream(env: Setup) -> None:
     stream.close()
     assert env.fake.wait_for("cancelled", 1, timeout=5), env.fake.stats
     assert env.fake.stats["completed"] == 0
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+CALL_PROMPT = [{"role": "user", "content": "[[sim:tool=get_weather]] Weather in Paris?"}]
+
+
+def test_tools_whole(env: Setup) -> None:
+    answer = env.client.chat.completions.create(model="sim", messages=CALL_PROMPT,
+                                                tools=[WEATHER])
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and call.id
+    assert json.loads(call.function.arguments) == TOOL_ARGUMENTS
+    assert env.fake.requests_seen[0]["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_tools_streamed_through_the_sdks_own_accumulation(env: Setup) -> None:
+    with env.client.chat.completions.stream(model="sim", messages=CALL_PROMPT,
+                                            tools=[WEATHER]) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == TOOL_ARGUMENTS
+
+
+def test_a_tool_result_round_trip(env: Setup) -> None:
+    first = env.client.chat.completions.create(model="sim", messages=CALL_PROMPT,
+                                               tools=[WEATHER])
+    message = first.choices[0].message
+    (call,) = message.tool_calls or []
+    # The fake calls the tool again if the first turn still asks it to.
+    answer = env.client.chat.completions.create(model="sim", tools=[WEATHER], messages=[
+        {"role": "user", "content": "Weather in Paris?"}, message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 C"}])
+    assert answer.choices[0].finish_reason == "stop"
+    tool = env.fake.requests_seen[1]["messages"][-1]
+    assert tool["content"] == "18 C"
+    # Linked as the backend links it: Ollama by the tool's name, OpenAI by the call's id.
+    assert tool.get("tool_name", "get_weather") == "get_weather"
+    assert tool["tool_call_id"] == call.id
+
+
+def test_response_format_json_schema_reaches_the_backend(env: Setup) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    env.client.chat.completions.create(
+        model="sim", messages=[{"role": "user", "content": "Where?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    seen = env.fake.requests_seen[0]
+    assert seen.get("format", seen.get("response_format", {}).get("json_schema", {})
+                    .get("schema")) == schema
+
+
+def test_an_image_part_reaches_the_backend(env: Setup) -> None:
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 16).decode()
+    env.client.chat.completions.create(model="sim", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is it?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]}])
+    message = env.fake.requests_seen[0]["messages"][0]
+    if "images" in message:  # an Ollama backend: base64
+        assert message["images"] == [png]
+    else:  # an OpenAI-compatible backend: the data: URL
+        assert message["content"][1]["image_url"]["url"] == f"data:image/png;base64,{png}"
