@@ -16,15 +16,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from tests.conftest import ROOT, GatewayProcess, free_port
+from tests.conftest import GatewayProcess, free_port
+from tests.integration.realbackend import ABSENT, SERVE
 from tests.sse import parse_sse
 
-SERVE = ROOT.parent / "shared" / "realbackend" / "serve"
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 MESSAGES = [{"role": "user", "content": "Where?"}]
 
-pytestmark = pytest.mark.skipif(not SERVE.exists(),
-                                reason=f"no real model server here ({SERVE} is absent)")
+pytestmark = pytest.mark.skipif(not SERVE.exists(), reason=ABSENT)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +155,42 @@ def test_real_errors_map_to_the_gateways(gateway: str, path: str, body: dict, st
                                          type_: str) -> None:
     error = post(gateway + path, body, status).json()["error"]
     assert error["type"] == type_ and error["message"]
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"model": "tiny", "messages": MESSAGES, "tools": [WEATHER],
+                              "max_tokens": 4}),
+    ("/api/chat", {"model": "tiny", "messages": MESSAGES, "tools": [WEATHER], "stream": False,
+                   "options": {"num_predict": 4}}),
+    ("/v1/chat", {"messages": MESSAGES, "tools": [WEATHER], "max_tokens": 4}),
+], ids=["openai", "ollama", "native"])
+def test_tools_are_accepted_by_the_real_ollama(gateway: str, path: str, body: dict) -> None:
+    # tiny's template has a tools section; random weights call no tool by themselves.
+    answer = post(gateway + path, body).json()
+    assert answer.get("done") or answer.get("choices") or answer.get("done_reason")
+
+
+def test_real_logprobs_spell_the_answer(gateway: str) -> None:
+    answer = post(gateway + "/v1/chat/completions", {
+        "model": "tiny", "messages": MESSAGES, "max_tokens": 4, "logprobs": True,
+        "top_logprobs": 2}).json()["choices"][0]
+    tokens = answer["logprobs"]["content"]
+    assert "".join(t["token"] for t in tokens) == answer["message"]["content"]
+    assert all(len(t["top_logprobs"]) == 2 for t in tokens)
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [
+    ("/api/chat", {"model": "tiny", "messages": MESSAGES, "think": True, "stream": False}, 400),
+    ("/v1/chat/completions", {"model": "tiny", "messages": MESSAGES,
+                              "reasoning_effort": "low"}, 400),
+], ids=["ollama-think", "openai-reasoning-effort"])
+def test_a_model_that_cannot_think_says_so(gateway: str, path: str, body: dict,
+                                           status: int) -> None:
+    error = post(gateway + path, body, status).json()["error"]
+    message = error if isinstance(error, str) else error["message"]
+    assert "does not support thinking" in message
