@@ -22,6 +22,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed, Server
 
 from flask_inference_gateway.api.auth import authenticate, presented_key
+from flask_inference_gateway.api.calls import ollama_call, reason_with_calls
 from flask_inference_gateway.api.common import load_data, schema_for
 from flask_inference_gateway.api.errors import as_gateway_error, note
 from flask_inference_gateway.api.native import errors
@@ -30,7 +31,7 @@ from flask_inference_gateway.api.records import current_record
 from flask_inference_gateway.api.relay import Relay
 from flask_inference_gateway.api.state import EXTENSION_KEY, gateway
 from flask_inference_gateway.core.errors import BadRequest, GatewayError, InvalidJSON
-from flask_inference_gateway.core.pieces import text_of
+from flask_inference_gateway.core.pieces import Answer, Piece
 from flask_inference_gateway.core.types import Usage
 from flask_inference_gateway.observability import context
 from flask_inference_gateway.upstream.stream import TokenStream
@@ -63,13 +64,30 @@ def error_message(exc: BaseException) -> dict[str, Any]:
     return {"type": "error", "error": body}
 
 
-def done_message(stream: TokenStream, cancelled: bool = False) -> dict[str, Any]:
-    """Return the done message; a cancelled stream reports the pieces relayed so far."""
+def done_message(stream: TokenStream, cancelled: bool = False,
+                 answer: Answer | None = None) -> dict[str, Any]:
+    """Return the done message, with the tool calls made; a cancelled stream reports the
+    pieces relayed so far."""
     if cancelled and not stream.finished:
         # The backend sends its counts only at the end: the prompt's are unknown.
         return {"type": "done", "done_reason": "cancelled",
                 "usage": Usage(0, stream.pieces).to_dict()}
-    return {"type": "done", "done_reason": stream.done_reason, "usage": stream.usage.to_dict()}
+    calls = answer.tool_calls if answer else ()
+    done = {"type": "done", "done_reason": reason_with_calls(stream.done_reason, bool(calls)),
+            "usage": stream.usage.to_dict()}
+    if calls:
+        done["tool_calls"] = [ollama_call(call) for call in calls]
+    return done
+
+
+def piece_messages(pieces: list[Piece], answer: Answer) -> list[dict[str, Any]]:
+    """Return the messages for pieces that arrived together: thinking, then text."""
+    batch = Answer()
+    for piece in pieces:
+        batch.add(piece)
+        answer.add(piece)
+    messages = [{"type": "thinking", "text": batch.thinking}] if batch.thinking else []
+    return messages + ([{"type": "token", "text": batch.text}] if batch.text else [])
 
 
 def read_request(ws: Server) -> dict[str, Any]:
@@ -133,10 +151,12 @@ def relay(ws: Server, opened: Relay) -> dict[str, Any]:
     """Send the stream's pieces as they arrive; return the message that ends it."""
     stream = opened.stream
     watcher = Watcher(ws, stream)
+    answer = Answer()  # the tool calls, for the done message
     try:
         for pieces in opened.batches():
-            if pieces:  # silence ([]) needs no message: the library pings the client
-                ws.send(dumps({"type": "token", "text": "".join(map(text_of, pieces))}))
+            # Silence ([]) needs no message: the library pings the client.
+            for message in piece_messages(pieces, answer):
+                ws.send(dumps(message))
     except Exception as exc:
         if watcher.stopped:  # the cut was ours, not the backend's: a cancellation
             return done_message(stream, cancelled=True)
@@ -147,7 +167,7 @@ def relay(ws: Server, opened: Relay) -> dict[str, Any]:
         return error_message(exc)
     finally:
         opened.close()
-    return done_message(stream)
+    return done_message(stream, answer=answer)
 
 
 def answer(ws: Server, schema: type[GenerateRequest]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from flask_inference_gateway import InferenceGateway
 from flask_inference_gateway.api.native import websocket as ws_module
 from flask_inference_gateway.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY
-from tests.fake_ollama import FakeOllama
+from tests.fake_ollama import THOUGHTS, TOOL_ARGUMENTS, FakeOllama
 from tests.ws import (
     WS_ROUTES,
     connect,
@@ -84,6 +84,20 @@ def test_stream_sends_tokens_then_done_and_closes(url: str, fake_ollama: FakeOll
     assert done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + 4
     assert session.close_code == 1000
     assert fake_ollama.requests_seen[0]["stream"] is True
+
+
+def test_thinking_and_tool_calls_reach_a_websocket_client(url: str) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather"}}
+    body = {"messages": [{"role": "user", "content": "[[sim:think]] [[sim:tool=get_weather]]"}],
+            "tools": [tool], "think": True}
+    session = exchange(url + WS_ROUTES["chat"], body, BEARER)
+    thinking = [m["text"] for m in session.messages if m["type"] == "thinking"]
+    assert "".join(thinking) == "".join(THOUGHTS)
+    assert session.messages[0]["type"] == "thinking"  # as the model thought: first
+    done = session.last
+    assert done["done_reason"] == "tool_calls"
+    assert done["tool_calls"][0]["function"] == {"index": 0, "name": "get_weather",
+                                                 "arguments": TOOL_ARGUMENTS}
 
 
 @pytest.mark.parametrize(("headers", "extra"), [
