@@ -5,7 +5,8 @@ same ``[[sim:key=value]]`` syntax as the shared Go simbackend: ``status=N``, ``d
 ``error-after=N``, ``hang``, ``delay=S``, ``ttft=S``, ``tokens=N``, ``itl=S``. What a real
 model does on its own is asked for the same way: ``think`` (two pieces of thinking before
 the text) and ``tool=NAME`` (a call of NAME with ``TOOL_ARGUMENTS`` after the text);
-``"logprobs": true`` in the body adds each token's log probability.
+``"logprobs": true`` in the body adds each token's log probability, and a body asking for
+JSON (``format``, ``response_format``) is answered with ``JSON_PIECES``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ STAT_KEYS = ("requests", "completed", "cancelled", "active", "errors")
 THOUGHTS = ["Let me think.", " Done thinking."]
 TOOL_ARGUMENTS = {"city": "Paris"}
 TOOL_CALL_ID = "call_fake0"
+JSON_PIECES = ('{"city":', ' "Par', 'is"}')  # the answer when the body asks for JSON
 
 
 class BadRequest(Exception):
@@ -310,7 +312,16 @@ def build_job(fake: FakeOllama, kind: str, body: Any) -> Job:
     job.tool, job.logprobs = sim.get("tool") or None, body.get("logprobs") is True
     count = int(sim.get("tokens") or fake.tokens)
     job.pieces, job.done_reason = make_pieces(count, options)
+    if wants_json(body):  # as a grammar-constrained model answers
+        job.pieces = list(JSON_PIECES)
     return job
+
+
+def wants_json(body: dict[str, Any]) -> bool:
+    """Return whether the body asks for JSON (Ollama's format, OpenAI's response_format)."""
+    response_format = body.get("response_format")
+    return bool(body.get("format")) or (isinstance(response_format, dict) and
+                                        response_format.get("type") != "text")
 
 
 def request_text(kind: str, body: dict[str, Any]) -> str:
