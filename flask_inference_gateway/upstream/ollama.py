@@ -47,16 +47,6 @@ def usage_of(data: dict[str, Any]) -> Usage:
                  completion_tokens=data.get("eval_count") or 0)
 
 
-def part_of(data: dict[str, Any]) -> tuple[str, Any, Any]:
-    """Return the text, thinking and tool calls of a /api/generate or /api/chat object."""
-    if "message" not in data:
-        return data.get("response") or "", data.get("thinking"), None
-    message = data["message"] or {}
-    if not isinstance(message, dict):
-        raise BackendError("The model backend sent a message that is not a JSON object.")
-    return message.get("content") or "", message.get("thinking"), message.get("tool_calls")
-
-
 class LineDecoder:
     """Decode one stream's NDJSON lines; Ollama sends each tool call whole."""
 
@@ -68,8 +58,18 @@ class LineDecoder:
         data = parse_object(line)
         if data.get("done"):
             stream.finish(data.get("done_reason"), usage_of(data), data.get("model"), data)
-        text, thinking, calls = part_of(data)
-        logprobs = data.get("logprobs")
+        message = data.get("message")
+        if message is None:  # /api/generate
+            part, text = data, data.get("response") or ""
+        elif type(message) is dict:
+            part, text = message, message.get("content") or ""
+        else:
+            raise BackendError("The model backend sent a message that is not a JSON object.")
+        # A plain token's line pays three dict lookups more than it did before tools.
+        if "thinking" not in part and "tool_calls" not in part and "logprobs" not in data:
+            return text
+        thinking, calls, logprobs = part.get("thinking"), part.get("tool_calls"), data.get(
+            "logprobs")
         if not (thinking or calls or logprobs):
             return text
         return Delta(text, thinking or "", self.tool_calls(calls), tuple(logprobs or ()))

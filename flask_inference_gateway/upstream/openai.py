@@ -194,6 +194,7 @@ class StreamDecoder:
         self.done_reason: str | None = None
         self.usage = Usage()
         self.model: str | None = None
+        self.final: dict[str, Any] = {}  # the backend's usage object and fingerprint
 
     def __call__(self, stream: TokenStream, line: bytes) -> Piece | None:
         """Return the piece in one SSE line; finish the stream on ``[DONE]``."""
@@ -201,12 +202,16 @@ class StreamDecoder:
             return None  # comments, event names, ids
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            stream.finish(self.done_reason, self.usage, self.model)
+            stream.finish(self.done_reason, self.usage, self.model, self.final)
             return None
         data = parse_object(payload)
         self.model = self.model or data.get("model")
         if data.get("usage"):
             self.usage = usage_of(data["usage"])
+            # Its details (cached prompt tokens, reasoning tokens) go back to OpenAI clients.
+            self.final["usage"] = data["usage"]
+            if data.get("system_fingerprint"):
+                self.final["system_fingerprint"] = data["system_fingerprint"]
         choices = data.get("choices") or []
         if not choices:
             return None

@@ -143,3 +143,16 @@ def test_a_context_overflow_is_the_gateways_400(gateway: str) -> None:
                  {"model": "tiny", "messages": [{"role": "user", "content": long}]}, 400).json()
     assert error["error"]["type"] == "invalid_request_error"
     assert "context" in error["error"]["message"]
+
+
+def test_the_servers_cache_report_reaches_the_client(gateway: str) -> None:
+    # llama-server reuses the KV cache of a prefix it has just seen, and says so.
+    body = {"model": "tiny", "messages": ASK * 20, "max_tokens": 2, "seed": 1}
+    post(gateway + "/v1/chat/completions", body)
+    again = post(gateway + "/v1/chat/completions", body).json()
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    streamed = post(gateway + "/v1/chat/completions", {
+        **body, "stream": True, "stream_options": {"include_usage": True}})
+    usage = [data for _n, data in parse_sse(streamed.content.removesuffix(b"data: [DONE]\n\n"))
+             if data.get("usage")][-1]["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] > 0

@@ -15,7 +15,7 @@ from flask_inference_gateway.api.openai import errors
 from flask_inference_gateway.api.relay import PING, event
 from flask_inference_gateway.core.errors import GatewayError
 from flask_inference_gateway.core.pieces import Delta, Piece
-from flask_inference_gateway.core.types import Completion, Embeddings, Op
+from flask_inference_gateway.core.types import Completion, Embeddings, Op, Usage
 from flask_inference_gateway.upstream.stream import TokenStream
 
 dumps = orjson.dumps
@@ -44,6 +44,16 @@ def choice(op: Op, text: str, reason: str | None, *, delta: bool = False) -> dic
     return {"index": 0, **body, "logprobs": None, "finish_reason": reason}
 
 
+def usage_body(usage: Usage, final: dict[str, Any]) -> dict[str, Any]:
+    """Return the usage object: the counts, and the details an OpenAI-compatible backend
+    gave (``prompt_tokens_details.cached_tokens``, ``completion_tokens_details``)."""
+    sent = final.get("usage")
+    body = usage.to_dict()
+    if isinstance(sent, dict):
+        body.update((key, value) for key, value in sent.items() if key not in body)
+    return body
+
+
 def completion_body(op: Op, completion: Completion) -> dict[str, Any]:
     """Return a whole chat.completion or text_completion object."""
     calls = completion.tool_calls
@@ -57,9 +67,12 @@ def completion_body(op: Op, completion: Completion) -> dict[str, Any]:
             message["tool_calls"] = [openai_call(call) for call in calls]
     if completion.logprobs:
         answer["logprobs"] = {"content": completion.logprobs}
-    return {"id": new_id(ID_PREFIXES[op]), "object": OBJECTS[op],
+    body = {"id": new_id(ID_PREFIXES[op]), "object": OBJECTS[op],
             "created": int(time.time()), "model": completion.model,
-            "choices": [answer], "usage": completion.usage.to_dict()}
+            "choices": [answer], "usage": usage_body(completion.usage, completion.final)}
+    if completion.final.get("system_fingerprint"):
+        body["system_fingerprint"] = completion.final["system_fingerprint"]
+    return body
 
 
 def encode_vector(vector: list[float], encoding: str) -> list[float] | str:
@@ -146,7 +159,8 @@ class OpenAIChunks:
         last = choice(self.op, "", finish_reason(stream.done_reason, called), delta=True)
         if self.op is Op.CHAT:
             last["delta"] = {}
-        usage = self.chunk([], usage=stream.usage.to_dict()) if self.include_usage else b""
+        usage = (self.chunk([], usage=usage_body(stream.usage, stream.final))
+                 if self.include_usage else b"")
         return self.opening() + self.chunk([last]) + usage + DONE
 
     def error(self, error: GatewayError) -> bytes:
