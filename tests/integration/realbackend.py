@@ -53,10 +53,11 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path) ->
 
 
 @contextmanager
-def llama_server(tmp: Path, model: str = "tools") -> Iterator[str]:
-    """Run llama-server (the tool-calling tiny model by default); yield its URL."""
+def llama_server(tmp: Path, model: str = "") -> Iterator[str]:
+    """Run llama-server with the tiny model ("tools": the tool-calling one, "embed": the
+    embedding one); yield its URL."""
     port = free_port()
-    started = subprocess.run([str(SERVE), "llama-server", str(port), model],
+    started = subprocess.run([str(SERVE), "llama-server", str(port), *([model] if model else [])],
                              capture_output=True, text=True, timeout=90, check=False)
     if started.returncode == 0:
         try:
@@ -67,12 +68,16 @@ def llama_server(tmp: Path, model: str = "tools") -> Iterator[str]:
         return
     print(f"serve llama-server failed ({started.stderr.strip()[-200:]}); starting it with "
           "relinked libraries")
-    files = {"tools": "tiny-tools.gguf", "embed": "tiny-embed.gguf"}.get(model, "tiny.gguf")
+    # serve's flags for each model
+    flags = {"tools": ["--model", "tiny-tools.gguf", "--alias", "tiny", "--n-predict", "128"],
+             "embed": ["--model", "tiny-embed.gguf", "--alias", "tiny-embed", "--embeddings",
+                       "--pooling", "mean", "--n-predict", "64"],
+             "": ["--model", "tiny.gguf", "--alias", "tiny", "--n-predict", "64"]}[model]
+    flags[1] = str(REALBACKEND / "model" / flags[1])
     log = tmp / f"llama-server-{port}.log"
-    command = [str(REALBACKEND / "llama.cpp" / "llama-server"),
-               "--model", str(REALBACKEND / "model" / files), "--alias", "tiny",
+    command = [str(REALBACKEND / "llama.cpp" / "llama-server"), *flags,
                "--host", "127.0.0.1", "--port", str(port), "--ctx-size", "2048",
-               "--parallel", "2", "--n-predict", "128", "--threads", "2", "--no-ui", "--jinja"]
+               "--parallel", "2", "--threads", "2", "--no-ui", "--jinja"]
     env = {"LD_LIBRARY_PATH": str(relinked_libraries(tmp / "llama-libs")), "PATH": "/usr/bin"}
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

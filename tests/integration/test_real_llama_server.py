@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import openai
 import orjson
 import pytest
 import requests
 
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, start_gateway
 from tests.integration.realbackend import ABSENT, SERVE, llama_server
 from tests.sse import parse_sse
 
@@ -35,8 +36,21 @@ TOKENS = 128  # a call takes 35 to 75 tokens of this model
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Run the real llama-server with the tool-calling tiny model."""
-    with llama_server(tmp_path_factory.mktemp("llama")) as url:
+    with llama_server(tmp_path_factory.mktemp("llama"), "tools") as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def text_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Run the gateway in front of llama-server with the plain tiny model (text)."""
+    folder = tmp_path_factory.mktemp("llama-text")
+    with llama_server(folder) as url:
+        server = start_gateway({"GATEWAY_OLLAMA_URL": "", "GATEWAY_OPENAI_URL": url + "/v1",
+                                "GATEWAY_DEFAULT_MODEL": "tiny"}, folder / "gunicorn.log")
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture
@@ -156,3 +170,43 @@ def test_the_servers_cache_report_reaches_the_client(gateway: str) -> None:
     usage = [data for _n, data in parse_sse(streamed.content.removesuffix(b"data: [DONE]\n\n"))
              if data.get("usage")][-1]["usage"]
     assert usage["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/generate", {"prompt": "def add(a, b):", "max_tokens": 6}),
+    ("/v1/generate/stream", {"prompt": "def add(a, b):", "max_tokens": 6}),
+    ("/v1/chat/stream", {"messages": ASK, "max_tokens": 6}),
+    ("/v1/completions", {"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 6,
+                         "stream": True, "stream_options": {"include_usage": True}}),
+    ("/api/generate", {"model": "tiny", "prompt": "def add(a, b):",
+                       "options": {"num_predict": 6}}),
+    ("/api/chat", {"model": "tiny", "messages": ASK, "stream": False,
+                   "options": {"num_predict": 6}}),
+], ids=["native-generate", "native-generate-stream", "native-chat-stream",
+        "openai-completions-stream", "ollama-generate-stream", "ollama-chat"])
+def test_text_on_every_surface(text_gateway: str, path: str, body: dict) -> None:
+    raw = post(text_gateway + path, body).content
+    if path.startswith("/api/"):
+        last = [orjson.loads(line) for line in raw.splitlines()][-1]
+        assert last["done"] is True and last["eval_count"] == 6
+        assert last["done_reason"] == "length"
+    elif path.endswith("stream") or body.get("stream"):
+        events = [d for _n, d in parse_sse(raw.removesuffix(b"data: [DONE]\n\n"))]
+        usage = events[-1]["usage"]
+        assert usage["completion_tokens"] == 6 and usage["prompt_tokens"] > 0
+    else:
+        answer = orjson.loads(raw)
+        assert answer["usage"]["completion_tokens"] == 6 and answer["done_reason"] == "length"
+
+
+def test_embeddings_from_llama_server(gateway_server: Callable[..., GatewayProcess],
+                                      tmp_path: Path) -> None:
+    with llama_server(tmp_path, "embed") as url:
+        gateway = gateway_server(GATEWAY_OLLAMA_URL="", GATEWAY_OPENAI_URL=url + "/v1",
+                                 GATEWAY_DEFAULT_MODEL="tiny-embed").url
+        openai_answer = post(gateway + "/v1/embeddings", {"input": ["a b", "c"]}).json()
+        ollama_answer = post(gateway + "/api/embed", {"input": ["a b", "c"]}).json()
+    vectors = [item["embedding"] for item in openai_answer["data"]]
+    assert len(vectors) == 2 and len(vectors[0]) > 0
+    for ours, theirs in zip(ollama_answer["embeddings"], vectors, strict=True):
+        assert ours == pytest.approx(theirs)
