@@ -140,3 +140,14 @@ def object_calls_field() -> fields.List:
 def numbered(calls: list[ToolCall] | None) -> tuple[ToolCall, ...]:
     """Return a message's calls with their positions as indexes."""
     return tuple(ToolCall(i, c.id, c.name, c.arguments) for i, c in enumerate(calls or ()))
+
+
+def call_id_field() -> fields.String:
+    """Return a tool result's ``tool_call_id``: the call it answers (OpenAI's link)."""
+    return fields.String(allow_none=True, metadata=describe("A tool result: the call it answers."))
+
+
+def tool_name_field() -> fields.String:
+    """Return a tool result's ``tool_name``: the tool that answered (Ollama's link)."""
+    return fields.String(allow_none=True, metadata=describe(
+        "A tool result: the tool that answered."))

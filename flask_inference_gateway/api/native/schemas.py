@@ -25,11 +25,13 @@ from flask_inference_gateway.api.fields import (
 )
 from flask_inference_gateway.api.tools import (
     ToolChoiceField,
+    call_id_field,
     check_choice,
     logprobs_fields,
     numbered,
     object_calls_field,
     think_field,
+    tool_name_field,
     tools_field,
 )
 from flask_inference_gateway.core.types import GenerationRequest, Message, Op
@@ -114,10 +116,8 @@ class ChatMessage(Schema):
     content = fields.String(required=True, metadata=describe("The message text.", "Hello!"))
     images = images_field("Images the message shows")
     tool_calls = object_calls_field()
-    tool_call_id = fields.String(allow_none=True, metadata=describe(
-        "A tool result: the call it answers."))
-    tool_name = fields.String(allow_none=True, metadata=describe(
-        "A tool result: the tool that answered."))
+    tool_call_id = call_id_field()
+    tool_name = tool_name_field()
 
 
 class ChatRequest(GenerationOptions):

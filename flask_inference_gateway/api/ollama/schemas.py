@@ -33,10 +33,12 @@ from flask_inference_gateway.api.fields import (
     penalty,
 )
 from flask_inference_gateway.api.tools import (
+    call_id_field,
     logprobs_fields,
     numbered,
     object_calls_field,
     think_field,
+    tool_name_field,
     tools_field,
 )
 from flask_inference_gateway.core.types import (
@@ -182,10 +184,8 @@ class OllamaMessage(Schema):
     content = fields.String(load_default="", metadata=describe("The message text.", "Hello!"))
     images = images_field("Images")
     tool_calls = object_calls_field()
-    tool_name = fields.String(allow_none=True, metadata=describe(
-        "A tool result: the tool that answered."))
-    tool_call_id = fields.String(allow_none=True, metadata=describe(
-        "A tool result: the call it answers."))
+    tool_name = tool_name_field()
+    tool_call_id = call_id_field()
     thinking = fields.String(allow_none=True, metadata=describe(
         "An assistant's earlier thinking."))
 

@@ -36,6 +36,7 @@ from flask_inference_gateway.api.fields import (
 from flask_inference_gateway.api.tools import (
     TOOL_NAME,
     ToolChoiceField,
+    call_id_field,
     check_choice,
     logprobs_fields,
     numbered,
@@ -188,8 +189,7 @@ class Message(Schema):
         "A tool result's tool; otherwise ignored."))
     tool_calls = fields.List(fields.Nested(ToolCallBody), allow_none=True, metadata=describe(
         "An assistant's tool calls."))
-    tool_call_id = fields.String(allow_none=True, metadata=describe(
-        "A tool result: the call it answers."))
+    tool_call_id = call_id_field()
     reasoning_content = fields.String(allow_none=True, metadata=describe(
         "An assistant's earlier reasoning (Ollama backends get it as thinking)."))
 
