@@ -79,8 +79,10 @@ def build_router(settings: Settings) -> Router:
                        queue_size=settings.queue_size,
                        queue_timeout=settings.queue_timeout,
                        breaker_failures=settings.breaker_failures,
-                       breaker_cooldown=settings.breaker_cooldown)
-    return Router(pool, timeouts=backends[0].timeouts, max_attempts=settings.max_attempts)
+                       breaker_cooldown=settings.breaker_cooldown,
+                       routing=settings.routing, prefix_balance=settings.prefix_balance)
+    return Router(pool, timeouts=backends[0].timeouts, max_attempts=settings.max_attempts,
+                  prefix_chars=settings.prefix_chars)
 
 
 def residency_poll(backends: list[Backend]) -> Callable[[], None]:

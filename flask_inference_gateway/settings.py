@@ -155,6 +155,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_QUEUE_TIMEOUT", parse_non_negative_float, 30.0,
             "Seconds a request may wait for a backend slot before it gets 503 with "
             "Retry-After."),
+    Setting("GATEWAY_ROUTING", parse_choice("least-busy", "prefix", "round-robin"), "least-busy",
+            "How to choose among backends that serve the model: prefix (a conversation goes "
+            "back to the backend that has its prefix cached, unless that one is over the load "
+            "bound), least-busy or round-robin."),
+    Setting("GATEWAY_PREFIX_CHARS", parse_positive_int, 4096,
+            "Characters of a request's leading messages (up to the first user message) that "
+            "choose its backend under prefix routing."),
+    Setting("GATEWAY_PREFIX_BALANCE", parse_positive_float, 0.25,
+            "Prefix routing's load bound: a backend over (1 + this) × the mean load takes no "
+            "more requests for the prefixes it prefers."),
     Setting("GATEWAY_MAX_ATTEMPTS", parse_positive_int, 3,
             "Backends one request may try (failover) before its error is returned."),
     Setting("GATEWAY_BREAKER_FAILURES", parse_positive_int, 3,
@@ -242,6 +252,9 @@ class Settings:
     backend_max_concurrency: int
     queue_size: int
     queue_timeout: float
+    routing: str
+    prefix_chars: int
+    prefix_balance: float
     max_attempts: int
     breaker_failures: int
     breaker_cooldown: float

@@ -6,10 +6,14 @@ Routing rule, for a request naming model M:
    has passed) and that list M (Ollama's /api/tags, OpenAI's /v1/models).
    When none lists it (lists not probed yet, or the model is new), every
    healthy backend is a candidate and the backend's own 404 decides.
-2. Backends that have M in memory (Ollama's /api/ps; every model of an
-   OpenAI-compatible server) come first, so models are not swapped in and
-   out of VRAM.
-3. Among those, fewest requests in flight from this worker; ties rotate.
+2. Backends that would have to swap another model out of memory to load M
+   (Ollama's /api/ps lists other models, not M) come last, so models are not
+   swapped in and out of VRAM; a backend with M in memory (every model of an
+   OpenAI-compatible server) or with nothing in memory comes first.
+3. Within each group, by ``routing`` (GATEWAY_ROUTING):
+   ``least-busy``: fewest requests in flight from this worker, ties rotate;
+   ``prefix``: the backend the request's prefix hashes to, unless it is over
+   the load bound (``affinity.py``); ``round-robin``: in turn.
 
 Admission: a backend takes at most ``max_concurrency`` requests at once
 (0: no cap). Requests over the cap wait in one FIFO queue, bounded in length
@@ -41,11 +45,13 @@ from flask_inference_gateway.core.types import (
     Probe,
     Timeouts,
 )
+from flask_inference_gateway.routing.affinity import by_affinity
 from flask_inference_gateway.upstream.stream import TokenStream
 
 log = logging.getLogger(__name__)
 
 QUEUE_POLL_SECONDS = 0.25  # how often a queued request checks that its client is still there
+ROUTINGS = ("least-busy", "prefix", "round-robin")
 
 
 class Backend(Protocol):
@@ -90,6 +96,10 @@ class Node:
         """Return the backend's base URL."""
         return self.backend.base_url
 
+    def must_swap(self, model: str) -> bool:
+        """Return whether serving ``model`` would push another model out of memory."""
+        return bool(self.loaded) and model not in self.loaded
+
     def serves(self, model: str) -> bool | None:
         """Return whether the backend lists ``model`` (None: its list is not known)."""
         return None if self.models is None else model in self.models
@@ -132,8 +142,13 @@ class BackendPool:
 
     def __init__(self, backends: Iterable[Backend], *, max_concurrency: int = 0,
                  queue_size: int = 100, queue_timeout: float = 30.0,
-                 breaker_failures: int = 3, breaker_cooldown: float = 10.0) -> None:
+                 breaker_failures: int = 3, breaker_cooldown: float = 10.0,
+                 routing: str = "least-busy", prefix_balance: float = 0.25) -> None:
         self.nodes = [Node(backend) for backend in backends]
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, not {routing!r}")
+        self.routing = routing
+        self.prefix_balance = prefix_balance
         self.max_concurrency = max_concurrency
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
@@ -143,16 +158,30 @@ class BackendPool:
         self._queue: deque[Waiter] = deque()
         self._turn = itertools.count()
 
-    def candidates(self, model: str, exclude: Iterable[Node] = ()) -> list[Node]:
-        """Return the backends that may serve ``model`` now, best first."""
+    def candidates(self, model: str, exclude: Iterable[Node] = (),
+                   key: bytes | None = None) -> list[Node]:
+        """Return the backends that may serve ``model`` now, best first (``key``: the
+        request's prefix key, for prefix routing)."""
         now = time.monotonic()
         usable = [n for n in self.nodes if now >= n.open_until and n not in exclude]
         serving = [n for n in usable if n.serves(model)] or usable
         if len(serving) < 2:
             return serving
-        turn, count = next(self._turn), len(serving)
-        order = {n: (i - turn) % count for i, n in enumerate(serving)}
-        return sorted(serving, key=lambda n: (model not in n.loaded, n.in_flight, order[n]))
+        ready = [n for n in serving if not n.must_swap(model)]
+        swapping = [n for n in serving if n.must_swap(model)]
+        return self._order(ready, key) + self._order(swapping, key)
+
+    def _order(self, nodes: list[Node], key: bytes | None) -> list[Node]:
+        """Return ``nodes`` in the order the routing setting gives them."""
+        if len(nodes) < 2:
+            return nodes
+        if self.routing == "prefix" and key is not None:
+            return by_affinity(nodes, key, self.prefix_balance)  # type: ignore[return-value]
+        turn, count = next(self._turn), len(nodes)
+        order = {n: (i - turn) % count for i, n in enumerate(nodes)}
+        if self.routing == "round-robin":
+            return sorted(nodes, key=order.__getitem__)
+        return sorted(nodes, key=lambda n: (n.in_flight, order[n]))
 
     def nodes_of(self, kind: str) -> list[Node]:
         """Return the backends of one kind ('ollama', 'openai') whose circuit is closed."""
@@ -160,14 +189,14 @@ class BackendPool:
         return [n for n in self.nodes if n.backend.kind == kind and now >= n.open_until]
 
     def acquire(self, model: str, exclude: Iterable[Node], deadline: float,
-                gone: Callable[[], bool]) -> Node | None:
+                gone: Callable[[], bool], key: bytes | None = None) -> Node | None:
         """Take a slot on the best backend for ``model``, queueing when all are full.
 
         Returns None when no backend is left to try.
         """
         exclude = list(exclude)
         with self._lock:
-            nodes = self.candidates(model, exclude)
+            nodes = self.candidates(model, exclude, key)
             if not nodes:
                 return None
             node = self._take_room(nodes)

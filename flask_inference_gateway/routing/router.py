@@ -34,6 +34,7 @@ from flask_inference_gateway.core.types import (
     never_gone,
 )
 from flask_inference_gateway.observability import context, metrics
+from flask_inference_gateway.routing.affinity import prefix_key
 from flask_inference_gateway.routing.pool import BackendPool, Node
 from flask_inference_gateway.upstream.stream import TokenStream
 from flask_inference_gateway.upstream.watch import ClientWatch
@@ -68,11 +69,12 @@ class Router:
     """Serve requests from a pool of backends with failover and health tracking."""
 
     def __init__(self, pool: BackendPool, *, timeouts: Timeouts, max_attempts: int = 3,
-                 probe_timeout: float = 5.0) -> None:
+                 probe_timeout: float = 5.0, prefix_chars: int = 4096) -> None:
         self.pool = pool
         self.timeouts = timeouts
         self.max_attempts = max_attempts
         self.probe_timeout = probe_timeout
+        self.prefix_chars = prefix_chars
 
     def embed(self, request: EmbeddingRequest,
               gone: Callable[[], bool] = never_gone) -> Embeddings:
@@ -88,8 +90,9 @@ class Router:
 
         The caller owns the stream: it closes it, then calls ``settle``.
         """
+        key = prefix_key(request, self.prefix_chars) if self.pool.routing == "prefix" else None
         node, stream = self._attempt(
-            request.model, lambda n, deadline: self._start(n, request, deadline), gone)
+            request.model, lambda n, deadline: self._start(n, request, deadline), gone, key)
         return RoutedStream(node, stream, request.model)
 
     def settle(self, routed: RoutedStream) -> None:
@@ -106,13 +109,13 @@ class Router:
         return stream
 
     def _attempt(self, model: str, call: Callable[[Node, float], T],
-                 gone: Callable[[], bool]) -> tuple[Node, T]:
+                 gone: Callable[[], bool], key: bytes | None = None) -> tuple[Node, T]:
         """Run ``call`` on successive backends until one succeeds or a limit is reached."""
         deadline = self.timeouts.deadline()
         tried: list[Node] = []
         last: GatewayError | None = None
         while len(tried) < self.max_attempts:
-            node = self.pool.acquire(model, tried, deadline, gone)
+            node = self.pool.acquire(model, tried, deadline, gone, key)
             if node is None:
                 break
             tried.append(node)

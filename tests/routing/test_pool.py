@@ -63,19 +63,55 @@ def test_everyone_is_a_candidate_when_nobody_lists_the_model(known: bool) -> Non
     assert sorted(urls(pool.candidates("new-model"))) == ["a", "b"]
 
 
-def test_loaded_first_even_when_busier_then_fewest_in_flight() -> None:
+def test_a_backend_that_would_swap_models_comes_last_even_when_idle() -> None:
     pool = make_pool("a", "b", "c", "d")
     for node, in_flight in zip(pool.nodes, [2, 0, 1, 5], strict=True):
-        knows(node, ["m"], loaded=("m",) if node is pool.nodes[3] else ())
+        knows(node, ["m", "other"], loaded=("m",) if node is pool.nodes[3] else ("other",))
         node.in_flight = in_flight
     for _ in range(3):
         assert urls(pool.candidates("m")) == ["d", "b", "c", "a"]
+
+
+def test_a_backend_with_nothing_in_memory_shares_the_load() -> None:
+    # The bug of "ties rotate": b never took a turn once a held the model, because
+    # residency outranked an idle b that holds nothing.
+    pool = make_pool("a", "b")
+    knows(pool.nodes[0], ["m"], loaded=("m",))
+    knows(pool.nodes[1], ["m"])
+    served = [take(pool) for _ in range(20)]
+    for node in served:
+        pool.release(node)
+    assert sorted(urls(served)).count("a") == 10
 
 
 def test_ties_rotate() -> None:
     pool = make_pool("a", "b", "c")
     firsts = [urls(pool.candidates("m")) for _ in range(4)]
     assert firsts == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+def test_sequential_requests_alternate_after_each_success() -> None:
+    pool = make_pool("a", "b")
+    for node in pool.nodes:
+        knows(node, ["m"])
+    served = []
+    for _ in range(20):
+        node = take(pool)
+        pool.succeeded(node, "m")  # it now holds m: the other one must still get turns
+        pool.release(node)
+        served.append(node)
+    assert urls(served) == ["a", "b"] * 10
+
+
+def test_round_robin_ignores_load() -> None:
+    pool = make_pool("a", "b", "c", routing="round-robin")
+    pool.nodes[0].in_flight = 9
+    assert [urls(pool.candidates("m"))[0] for _ in range(3)] == ["a", "b", "c"]
+
+
+def test_an_unknown_routing_is_refused() -> None:
+    with pytest.raises(ValueError, match="routing"):
+        make_pool("a", routing="random")
 
 
 @pytest.mark.parametrize(("listed", "requested"), [
@@ -96,7 +132,8 @@ def test_success_marks_the_model_loaded_under_both_names() -> None:
         knows(node, ["llama3.2:latest"])
     pool.succeeded(pool.nodes[1], "llama3.2:latest")
     assert pool.nodes[1].loaded == {"llama3.2", "llama3.2:latest"}
-    assert urls(pool.candidates("llama3.2"))[0] == "b"
+    pool.nodes[0].loaded = frozenset({"other"})  # a would have to swap it out
+    assert urls(pool.candidates("llama3.2")) == ["b", "a"]
 
 
 def test_excluded_backends_are_skipped() -> None:

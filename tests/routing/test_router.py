@@ -97,9 +97,10 @@ class StubBackend:
 def router_of(*backends: StubBackend, max_attempts: int = 3, total: float = 30.0,
               **pool_options: Any) -> Router:
     pool = BackendPool(backends, **pool_options)  # type: ignore[arg-type]
-    # The first backend holds the model in memory: it is always tried first.
+    # The first backend holds the model in memory, the others another model (they would
+    # have to swap): the first is always tried first.
     for i, node in enumerate(pool.nodes):
-        node.learn(Probe([{"id": "m"}], {"m"} if i == 0 else set()))
+        node.learn(Probe([{"id": "m"}], {"m"} if i == 0 else {"other"}))
     return Router(pool, timeouts=Timeouts(total=total), max_attempts=max_attempts)
 
 
