@@ -10,7 +10,9 @@ Routing rule, for a request naming model M:
    (Ollama's /api/ps lists other models, not M) come last, so models are not
    swapped in and out of VRAM; a backend with M in memory (every model of an
    OpenAI-compatible server) or with nothing in memory comes first.
-3. Within each group, by ``routing`` (GATEWAY_ROUTING):
+3. A backend that answered 503 (busy) comes after the others for its
+   Retry-After.
+4. Within each group, by ``routing`` (GATEWAY_ROUTING):
    ``least-busy``: fewest requests in flight from this worker, ties rotate;
    ``prefix``: the backend the request's prefix hashes to, unless it is over
    the load bound (``affinity.py``); ``round-robin``: in turn.
@@ -90,6 +92,7 @@ class Node:
     model_list: list[dict[str, Any]] = field(default_factory=list)
     version: str = ""
     last_error: str | None = None
+    busy_until: float = 0.0  # it answered 503: tried last until this time.monotonic()
 
     @property
     def url(self) -> str:
@@ -169,7 +172,10 @@ class BackendPool:
             return serving
         ready = [n for n in serving if not n.must_swap(model)]
         swapping = [n for n in serving if n.must_swap(model)]
-        return self._order(ready, key) + self._order(swapping, key)
+        ordered = self._order(ready, key) + self._order(swapping, key)
+        # A backend that just answered 503 is tried after the others, for its Retry-After.
+        return ([n for n in ordered if now >= n.busy_until]
+                + [n for n in ordered if now < n.busy_until])
 
     def _order(self, nodes: list[Node], key: bytes | None) -> list[Node]:
         """Return ``nodes`` in the order the routing setting gives them."""
@@ -245,6 +251,10 @@ class BackendPool:
             if node is not None:
                 self._queue.remove(waiter)
             return node
+
+    def busy_for(self, node: Node, seconds: float) -> None:
+        """Try ``node`` after the others for ``seconds``: it said it is busy."""
+        node.busy_until = time.monotonic() + seconds
 
     def busy(self, why: str) -> BackendBusy:
         """Return the 503 for a request that found no room."""

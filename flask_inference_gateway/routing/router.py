@@ -49,6 +49,14 @@ UNHEALTHY_STREAM_ENDS = frozenset({"backend_stream_broken", "backend_timeout",
                                    "backend_unavailable", "backend_error"})
 
 
+def retry_after(error: GatewayError) -> float:
+    """Return the seconds a busy backend asked for (its Retry-After; 1 when unreadable)."""
+    try:
+        return min(30.0, max(0.0, float(error.headers.get("Retry-After", 1))))
+    except ValueError:
+        return 1.0
+
+
 def unhealthy(error: GatewayError) -> bool:
     """Return whether ``error`` counts against the backend's health (its circuit breaker)."""
     if isinstance(error, BackendBusy):
@@ -129,6 +137,8 @@ class Router:
                 # on a backend whose circuit is about to open.
                 if unhealthy(exc) and not watch.left:
                     self.pool.failed(node, exc.type, exc.message)
+                elif isinstance(exc, BackendBusy):
+                    self.pool.busy_for(node, retry_after(exc))
                 self.pool.release(node)
                 if watch.left:  # our own doing: the client left, the backend is fine
                     raise ClientLeft() from exc

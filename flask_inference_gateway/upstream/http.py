@@ -11,13 +11,14 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from flask_inference_gateway.core.errors import (
     BackendBusy,
@@ -31,7 +32,7 @@ from flask_inference_gateway.core.errors import (
 )
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.observability.context import request_id as current_request_id
-from flask_inference_gateway.upstream.watch import track_connection
+from flask_inference_gateway.upstream.watch import client_left, track_connection
 
 DEFAULT_RETRY_AFTER = "1"
 USER_AGENT = "flask-inference-gateway/0.1"
@@ -62,8 +63,30 @@ def send(session: requests.Session, request: requests.PreparedRequest, *, stream
     """
     adapter = session.get_adapter(request.url or "")
     with translate_errors():
+        for _ in range(STALE_RETRIES):
+            try:
+                return adapter.send(request, stream=stream, timeout=timeout, verify=True,
+                                    cert=None, proxies={})
+            except requests.ConnectionError as exc:
+                if not (stale(exc) and _REUSED.get()) or client_left():
+                    raise
         return adapter.send(request, stream=stream, timeout=timeout, verify=True, cert=None,
                             proxies={})
+
+
+# Servers close idle keep-alive connections (uvicorn under vLLM and llama.cpp's server
+# after 5 s); one that closes as the pool hands the connection out resets the request
+# before it is read. Such a request, on a reused connection that the client watch did
+# not cut, is sent again on a new connection, twice at most.
+STALE_RETRIES = 2
+# Whether the current request's last connection came from the pool already open.
+_REUSED: ContextVar[bool] = ContextVar("reused_connection", default=False)
+
+
+def stale(exc: requests.ConnectionError) -> bool:
+    """Return whether ``exc`` is a pooled connection closed under the request, before any
+    answer: urllib3's ProtocolError, where a refused connection is a NewConnectionError."""
+    return isinstance(exc.args[0] if exc.args else None, ProtocolError)
 
 
 class PooledAdapter(HTTPAdapter):
@@ -100,6 +123,7 @@ def watch_connections(pool: Any) -> None:
 
     def get_conn(timeout: float | None = None) -> Any:
         connection = take(timeout)
+        _REUSED.set(getattr(connection, "sock", None) is not None)
         track_connection(connection)
         return connection
 

@@ -68,6 +68,12 @@ def track_connection(connection: Any) -> None:
         watch.connection = connection
 
 
+def client_left() -> bool:
+    """Return whether the current request's watch cut its upstream connection."""
+    watch = _CURRENT.get()
+    return watch is not None and watch.left
+
+
 def ensure_loop() -> None:
     """Start this process's watch loop, once."""
     global _loop_pid

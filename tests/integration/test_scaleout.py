@@ -89,8 +89,8 @@ def test_a_failing_backend_is_routed_around(gateway_server, fakes, fault: str) -
     assert [r.status for r in replies] == [200] * 10, [r.text for r in replies]
     assert all(ok_stream(r) for r in replies[1::2])
     assert good.stats["completed"] == 10
-    # After its first success the good backend holds the model, so it comes first;
-    # the bad one is tried at most until its circuit opens (3 failures).
+    # A refusing backend is tried until its circuit opens (3 failures); a busy one
+    # comes after the good one for its Retry-After (1 s) each time it says 503.
     retried = server.log().count("trying another backend")
     assert 1 <= retried <= 3, retried
 
@@ -114,14 +114,30 @@ def test_requests_follow_model_availability(gateway_server, fakes) -> None:
 
 
 def test_requests_prefer_the_backend_holding_the_model(gateway_server, fakes) -> None:
-    """Both serve llama3.2, one has it in VRAM (/api/ps): it gets every sequential request."""
-    cold, warm = fakes(), fakes()
+    """Both serve llama3.2, one has it in VRAM (/api/ps), the other holds another model:
+    the one holding it gets every sequential request, so no model is swapped out."""
+    other, warm = fakes(), fakes()
     warm.loaded = [{"name": "llama3.2:latest", "model": "llama3.2:latest", "size_vram": 1}]
-    server = gateway_server(GATEWAY_OLLAMA_URL=urls(cold, warm), GATEWAY_PROBE_SECONDS="0.2")
+    other.loaded = [{"name": "sim:latest", "model": "sim:latest", "size_vram": 1}]
+    server = gateway_server(GATEWAY_OLLAMA_URL=urls(other, warm), GATEWAY_PROBE_SECONDS="0.2")
     assert wait_until(lambda: ready(server)[warm.url]["loaded"], 5)
+    assert wait_until(lambda: ready(server)[other.url]["loaded"], 5)
     for _ in range(6):
         assert call(server.url, GENERATE, body_for(GENERATE)).status == 200
-    assert (cold.stats["completed"], warm.stats["completed"]) == (0, 6)
+    assert (other.stats["completed"], warm.stats["completed"]) == (0, 6)
+
+
+def test_sequential_requests_share_idle_backends(gateway_server, fakes) -> None:
+    """One backend holds the model, the other holds nothing: sequential requests alternate
+    (the bug was 18 of 20 to the first: residency outranked an empty, idle GPU)."""
+    empty, warm = fakes(), fakes()
+    warm.loaded = [{"name": "llama3.2:latest", "model": "llama3.2:latest", "size_vram": 1}]
+    server = gateway_server(GATEWAY_OLLAMA_URL=urls(empty, warm), GATEWAY_WORKERS="1",
+                            GATEWAY_PROBE_SECONDS="0.2")
+    assert wait_until(lambda: ready(server)[warm.url]["loaded"], 5)
+    for _ in range(20):
+        assert call(server.url, GENERATE, body_for(GENERATE)).status == 200
+    assert (empty.stats["completed"], warm.stats["completed"]) == (10, 10)
 
 
 def test_a_backend_dying_mid_stream(gateway_server, fakes) -> None:

@@ -103,6 +103,14 @@ def test_sequential_requests_alternate_after_each_success() -> None:
     assert urls(served) == ["a", "b"] * 10
 
 
+def test_a_busy_backend_comes_last_for_its_retry_after(clock: list[float]) -> None:
+    pool = make_pool("a", "b", "c")
+    pool.busy_for(pool.nodes[0], 2.0)
+    assert [urls(pool.candidates("m"))[-1] for _ in range(3)] == ["a", "a", "a"]
+    clock[0] += 2.0
+    assert {urls(pool.candidates("m"))[0] for _ in range(3)} == {"a", "b", "c"}
+
+
 def test_round_robin_ignores_load() -> None:
     pool = make_pool("a", "b", "c", routing="round-robin")
     pool.nodes[0].in_flight = 9

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import socket
+import threading
 
 import pytest
 import requests
@@ -17,7 +19,14 @@ from flask_inference_gateway.core.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-from flask_inference_gateway.upstream.http import error_for_status, map_exception, upstream_message
+from flask_inference_gateway.upstream.http import (
+    error_for_status,
+    make_session,
+    map_exception,
+    prepare,
+    send,
+    upstream_message,
+)
 
 REQUESTS_EXCEPTIONS = sorted(
     (cls for _, cls in inspect.getmembers(requests.exceptions, inspect.isclass)
@@ -95,3 +104,53 @@ def test_busy_sets_retry_after(retry_after: str | None, expected: str) -> None:
 ], ids=["ollama", "openai", "html", "empty", "not-an-object"])
 def test_upstream_message(body: bytes, message: str | None) -> None:
     assert upstream_message(body) == message
+
+
+class ClosingServer:
+    """Answer each connection's first request, keep it alive, then close it unanswered
+    when its next request arrives: a keep-alive connection the server dropped."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.connections = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.answer_once, args=(conn,), daemon=True).start()
+
+    def answer_once(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive"
+                         b"\r\n\r\nok")
+            conn.recv(65536)  # the next request on this connection: dropped unanswered
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced() -> None:
+    server = ClosingServer()
+    session = make_session(4)
+    try:
+        for _ in range(3):
+            request = prepare("POST", server.url, b"{}", {})
+            assert send(session, request, stream=False, timeout=(2, 2)).text == "ok"
+        assert server.connections == 3  # each reuse failed and went out again on a new one
+    finally:
+        session.close()
+        server.listener.close()
+
+
+def test_a_refused_connection_is_not_sent_again() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    session = make_session(4)
+    with pytest.raises(BackendUnavailable):
+        send(session, prepare("POST", f"http://127.0.0.1:{port}/", b"{}", {}),
+             stream=False, timeout=(2, 2))
+    session.close()
