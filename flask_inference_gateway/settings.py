@@ -155,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_QUEUE_TIMEOUT", parse_non_negative_float, 30.0,
             "Seconds a request may wait for a backend slot before it gets 503 with "
             "Retry-After."),
-    Setting("GATEWAY_ROUTING", parse_choice("least-busy", "prefix", "round-robin"), "least-busy",
+    Setting("GATEWAY_ROUTING", parse_choice("least-busy", "prefix", "round-robin"), "prefix",
             "How to choose among backends that serve the model: prefix (a conversation goes "
             "back to the backend that has its prefix cached, unless that one is over the load "
             "bound), least-busy or round-robin."),

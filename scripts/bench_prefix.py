@@ -9,9 +9,9 @@ empty) each time:
 * ``multi-turn``: 200 concurrent sessions of 8 turns, a shared system prompt,
   each turn resending the conversation plus a new question;
 * ``no-shared-prefix``: 200 concurrent clients sending distinct one-turn
-  prompts of the same length.
+  prompts as long as an average multi-turn prompt (``--flat-turns`` each).
 
-    python3 scripts/bench_prefix.py --venv .venv [--sessions 200 --turns 8]
+    python3 scripts/bench_prefix.py --venv .venv [--sessions 200 --turns 8 --prefill 0.0005]
         [--out docs/data/prefix.json --plot docs/images/prefix.png]
 """
 
@@ -63,11 +63,12 @@ def start_backends(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     return process
 
 
-def start_gateway(venv: Path, routing: str) -> subprocess.Popen[bytes]:
+def start_gateway(venv: Path, routing: str, balance: float) -> subprocess.Popen[bytes]:
     """Start the gateway under gunicorn in front of the backends, with ``routing``."""
     env = {**os.environ, "GATEWAY_BIND": f"127.0.0.1:{GATEWAY_PORT}", "GATEWAY_WORKERS": "2",
            "GATEWAY_OLLAMA_URL": ",".join(f"http://127.0.0.1:{p}" for p in BACKEND_PORTS),
-           "GATEWAY_ROUTING": routing, "GATEWAY_AUTH_DISABLED": "1",
+           "GATEWAY_ROUTING": routing, "GATEWAY_PREFIX_BALANCE": str(balance),
+           "GATEWAY_AUTH_DISABLED": "1",
            "GATEWAY_RATE_LIMIT_DISABLED": "1", "GATEWAY_LOG_LEVEL": "warning",
            "GATEWAY_DEFAULT_MODEL": "sim"}
     process = subprocess.Popen([str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py",
@@ -98,7 +99,7 @@ def conversation(index: int, turns: int, shared: bool, ttfts: list[float]) -> No
     messages = [{"role": "system", "content": SYSTEM}] if shared else []
     with requests.Session() as session:
         for _ in range(turns):
-            length = 40 if shared else 300 + 40 * (turns // 2)  # one-turn prompts as long
+            length = 40 if shared else 300 + 60 * 4  # as long as an average turn's prompt
             messages.append({"role": "user", "content": " ".join(rng.choices(WORDS, k=length))})
             ttft, answer = ask(session, messages if shared else messages[-1:])
             ttfts.append(ttft)
@@ -108,11 +109,12 @@ def conversation(index: int, turns: int, shared: bool, ttfts: list[float]) -> No
 def run(args: argparse.Namespace, routing: str, workload: str) -> dict[str, Any]:
     """Run one workload with one routing setting; return its figures."""
     backends = start_backends(args)
-    gateway = start_gateway(args.venv, routing)
+    gateway = start_gateway(args.venv, routing, args.balance)
     ttfts: list[float] = []
     try:
-        threads = [threading.Thread(target=conversation,
-                                    args=(i, args.turns, workload == "multi-turn", ttfts))
+        shared = workload == "multi-turn"
+        threads = [threading.Thread(target=conversation, args=(
+                       i, args.turns if shared else args.flat_turns, shared, ttfts))
                    for i in range(args.sessions)]
         started = time.monotonic()
         for thread in threads:
@@ -174,14 +176,19 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--turns", type=int, default=8)
-    parser.add_argument("--prefill", type=float, default=0.0001)
+    parser.add_argument("--flat-turns", type=int, default=2)
+    parser.add_argument("--prefill", type=float, default=0.0005,
+                        help="seconds per uncached prompt token (2,000 tokens/s)")
     parser.add_argument("--capacity", type=int, default=4000)
     parser.add_argument("--itl", type=float, default=0.01)
+    parser.add_argument("--balance", type=float, default=0.25, help="GATEWAY_PREFIX_BALANCE")
+    parser.add_argument("--workloads", default="multi-turn,no-shared-prefix")
+    parser.add_argument("--routings", default=",".join(ROUTINGS))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    results = [run(args, routing, workload) for workload in ("multi-turn", "no-shared-prefix")
-               for routing in ROUTINGS]
+    results = [run(args, routing, workload) for workload in args.workloads.split(",")
+               for routing in args.routings.split(",")]
     for result in results:
         print(json.dumps(result))
     if args.out:

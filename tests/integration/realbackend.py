@@ -53,11 +53,12 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], log: Path) ->
 
 
 @contextmanager
-def llama_server(tmp: Path, model: str = "") -> Iterator[str]:
+def llama_server(tmp: Path, model: str = "", extra: tuple[str, ...] = ()) -> Iterator[str]:
     """Run llama-server with the tiny model ("tools": the tool-calling one, "embed": the
-    embedding one); yield its URL."""
+    embedding one) and ``extra`` flags; yield its URL."""
     port = free_port()
-    started = subprocess.run([str(SERVE), "llama-server", str(port), *([model] if model else [])],
+    started = subprocess.run([str(SERVE), "llama-server", str(port),
+                              *([model] if model else []), *extra],
                              capture_output=True, text=True, timeout=90, check=False)
     if started.returncode == 0:
         try:
@@ -77,7 +78,7 @@ def llama_server(tmp: Path, model: str = "") -> Iterator[str]:
     log = tmp / f"llama-server-{port}.log"
     command = [str(REALBACKEND / "llama.cpp" / "llama-server"), *flags,
                "--host", "127.0.0.1", "--port", str(port), "--ctx-size", "2048",
-               "--parallel", "2", "--threads", "2", "--no-ui", "--jinja"]
+               "--parallel", "2", "--threads", "2", "--no-ui", "--jinja", *extra]
     env = {"LD_LIBRARY_PATH": str(relinked_libraries(tmp / "llama-libs")), "PATH": "/usr/bin"}
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
