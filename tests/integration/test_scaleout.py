@@ -66,12 +66,34 @@ def ready(server: GatewayProcess) -> dict[str, dict]:
 def test_concurrent_requests_spread_over_backends(gateway_server, fakes) -> None:
     """20 streams at once over 2 backends: fewest in flight first, so each gets about half."""
     a, b = fakes(itl=0.05), fakes(itl=0.05)
-    server = gateway_server(GATEWAY_OLLAMA_URL=urls(a, b), **QUIET)
+    server = gateway_server(GATEWAY_OLLAMA_URL=urls(a, b), GATEWAY_ROUTING="least-busy", **QUIET)
     replies = many(server.url, STREAM, 20)
     assert all(ok_stream(r) for r in replies)
     served = (a.stats["completed"], b.stats["completed"])
     print(f"\n20 concurrent streams over 2 backends: {served}")
     assert sum(served) == 20 and min(served) >= 8, served
+
+
+def test_one_conversation_stays_on_one_backend_in_every_worker(gateway_server, fakes) -> None:
+    """Prefix routing: both workers send each conversation's turns to the same backend,
+    and different conversations spread over the backends."""
+    backends = [fakes() for _ in range(3)]
+    server = gateway_server(GATEWAY_OLLAMA_URL=urls(*backends), GATEWAY_WORKERS="2", **QUIET)
+    homes = []
+    for session in range(12):
+        messages = [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": f"Session {session}: plan a trip."}]
+        seen = []
+        for turn in range(4):
+            assert call(server.url, "/v1/chat", {"messages": messages}).status == 200
+            seen.append(next(i for i, b in enumerate(backends) if b.requests_seen))
+            for backend in backends:
+                backend.reset()
+            messages += [{"role": "assistant", "content": "Sure."},
+                         {"role": "user", "content": f"And on day {turn + 2}?"}]
+        assert len(set(seen)) == 1, seen
+        homes.append(seen[0])
+    assert len(set(homes)) == 3, homes
 
 
 @pytest.mark.parametrize("fault", ["refused", "busy-503"])
@@ -84,7 +106,8 @@ def test_a_failing_backend_is_routed_around(gateway_server, fakes, fault: str) -
         bad = fakes()
         bad.fail_status = 503
         bad_url = bad.url
-    server = gateway_server(GATEWAY_OLLAMA_URL=f"{bad_url},{good.url}", **QUIET)
+    server = gateway_server(GATEWAY_OLLAMA_URL=f"{bad_url},{good.url}",
+                            GATEWAY_ROUTING="least-busy", **QUIET)
     replies = [call(server.url, path, body_for(path)) for path in [GENERATE, STREAM] * 5]
     assert [r.status for r in replies] == [200] * 10, [r.text for r in replies]
     assert all(ok_stream(r) for r in replies[1::2])
@@ -133,7 +156,7 @@ def test_sequential_requests_share_idle_backends(gateway_server, fakes) -> None:
     empty, warm = fakes(), fakes()
     warm.loaded = [{"name": "llama3.2:latest", "model": "llama3.2:latest", "size_vram": 1}]
     server = gateway_server(GATEWAY_OLLAMA_URL=urls(empty, warm), GATEWAY_WORKERS="1",
-                            GATEWAY_PROBE_SECONDS="0.2")
+                            GATEWAY_ROUTING="least-busy", GATEWAY_PROBE_SECONDS="0.2")
     assert wait_until(lambda: ready(server)[warm.url]["loaded"], 5)
     for _ in range(20):
         assert call(server.url, GENERATE, body_for(GENERATE)).status == 200
