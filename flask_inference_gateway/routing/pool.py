@@ -4,7 +4,8 @@ Routing rule, for a request naming model M:
 
 1. Candidates are the backends whose circuit is closed (or whose cool-down
    has passed) and that list M (Ollama's /api/tags, OpenAI's /v1/models).
-   When none lists it (lists not probed yet, or the model is new), every
+   When none lists it, those whose list is not known yet (not probed, and
+   no 404 for M since the last probe); when none of those either, every
    healthy backend is a candidate and the backend's own 404 decides.
 2. Backends that would have to swap another model out of memory to load M
    (Ollama's /api/ps lists other models, not M) come last, so models are not
@@ -93,6 +94,7 @@ class Node:
     version: str = ""
     last_error: str | None = None
     busy_until: float = 0.0  # it answered 503: tried last until this time.monotonic()
+    missing: frozenset[str] = frozenset()  # models it answered 404 for since its last probe
 
     @property
     def url(self) -> str:
@@ -105,6 +107,8 @@ class Node:
 
     def serves(self, model: str) -> bool | None:
         """Return whether the backend lists ``model`` (None: its list is not known)."""
+        if model in self.missing:
+            return False
         return None if self.models is None else model in self.models
 
     def learn(self, probe: Probe) -> None:
@@ -113,6 +117,7 @@ class Node:
         self.models = frozenset(a for m in probe.models for a in aliases(m["id"]))
         self.loaded = frozenset(a for name in probe.loaded for a in aliases(name))
         self.version = probe.version or self.version
+        self.missing = frozenset()
 
     def status(self, now: float) -> dict[str, Any]:
         """Return this backend's state for /readyz."""
@@ -167,7 +172,10 @@ class BackendPool:
         request's prefix key, for prefix routing)."""
         now = time.monotonic()
         usable = [n for n in self.nodes if now >= n.open_until and n not in exclude]
-        serving = [n for n in usable if n.serves(model)] or usable
+        # Those listing M; else those whose list is not known (not those known to lack
+        # it); else everyone, and the backends' own 404 decides.
+        serving = ([n for n in usable if n.serves(model)]
+                   or [n for n in usable if n.serves(model) is None] or usable)
         if len(serving) < 2:
             return serving
         ready = [n for n in serving if not n.must_swap(model)]
@@ -251,6 +259,11 @@ class BackendPool:
             if node is not None:
                 self._queue.remove(waiter)
             return node
+
+    def does_not_serve(self, node: Node, model: str) -> None:
+        """Note that ``node`` answered 404 for ``model``: others serve it first, until the
+        node's next probe."""
+        node.missing = node.missing | aliases(model)
 
     def busy_for(self, node: Node, seconds: float) -> None:
         """Try ``node`` after the others for ``seconds``: it said it is busy."""

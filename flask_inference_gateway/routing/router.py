@@ -3,7 +3,9 @@
 A connection failure, a timeout before the first token, a dropped stream
 before the first token, or a 503 from one backend is retried on the next
 candidate (see pool.py for the order), up to ``max_attempts`` backends and
-within the total deadline. A 4xx is never retried: another backend would
+within the total deadline. So is a 404 for the model: a backend whose model
+list is not known yet (a worker just started) or out of date may lack a model
+another one serves. Any other 4xx is never retried: another backend would
 refuse the same request. Once the first token has been read, the stream
 belongs to its backend: a later failure ends it with an error event.
 """
@@ -25,6 +27,7 @@ from flask_inference_gateway.core.errors import (
     BackendUnavailable,
     ClientLeft,
     GatewayError,
+    ModelNotFound,
 )
 from flask_inference_gateway.core.types import (
     EmbeddingRequest,
@@ -142,7 +145,11 @@ class Router:
                 self.pool.release(node)
                 if watch.left:  # our own doing: the client left, the backend is fine
                     raise ClientLeft() from exc
-                if not isinstance(exc, RETRYABLE) or time.monotonic() >= deadline:
+                if isinstance(exc, ModelNotFound):  # another backend may serve it
+                    self.pool.does_not_serve(node, model)
+                elif not isinstance(exc, RETRYABLE):
+                    raise
+                if time.monotonic() >= deadline:
                     raise
                 metrics.UPSTREAM.labels(node.url, exc.type).inc()
                 log.info("%s from %s; trying another backend", exc.type, node.url)

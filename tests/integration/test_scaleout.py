@@ -118,6 +118,21 @@ def test_a_failing_backend_is_routed_around(gateway_server, fakes, fault: str) -
     assert 1 <= retried <= 3, retried
 
 
+def test_a_backend_lacking_the_model_sends_it_elsewhere(gateway_server, fakes) -> None:
+    """Model lists not learnt yet (probes off): one backend's 404 for the model is tried on
+    the other, which serves it; the first is then left alone for that model."""
+    lacking, serving = fakes(models=("llama3.2:latest",)), fakes(models=("qwen2.5:latest",))
+    server = gateway_server(GATEWAY_OLLAMA_URL=urls(lacking, serving), GATEWAY_WORKERS="1",
+                            GATEWAY_ROUTING="round-robin", **QUIET)
+    for _ in range(6):  # in turn: the first or the second goes to the lacking backend
+        reply = call(server.url, GENERATE, {"prompt": "hi", "model": "qwen2.5"})
+        assert reply.status == 200, reply.text
+    assert serving.stats["completed"] == 6
+    asked = [body for body in lacking.requests_seen if body.get("model") == "qwen2.5"]
+    assert len(asked) <= 1  # at most one 404, then it is no candidate for qwen2.5
+    assert call(server.url, GENERATE, {"prompt": "hi", "model": "nope"}).status == 404
+
+
 def test_requests_follow_model_availability(gateway_server, fakes) -> None:
     """An Ollama backend serves llama3.2, an OpenAI-compatible one qwen: each model goes home."""
     ollama = fakes(models=("llama3.2:latest",))

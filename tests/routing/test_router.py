@@ -176,9 +176,9 @@ def test_stream_failing_before_its_first_token_is_closed_and_retried(
 
 
 @pytest.mark.parametrize(("error", "counted"), [
-    (BackendRejected("bad option"), 0), (ModelNotFound(), 0), (ClientLeft(), 0),
+    (BackendRejected("bad option"), 0), (ClientLeft(), 0),
     (BackendError("CUDA out of memory"), 1)],
-    ids=["rejected", "model-not-found", "client-left", "backend-error"])
+    ids=["rejected", "client-left", "backend-error"])
 @pytest.mark.parametrize("where", ["call", "prime"])
 def test_never_retried(where: str, error: GatewayError, counted: int) -> None:
     a, b = StubBackend("a", ("prime", error) if where == "prime" else error), StubBackend("b")
@@ -190,6 +190,28 @@ def test_never_retried(where: str, error: GatewayError, counted: int) -> None:
     assert (a.calls, b.calls) == (1, 0)
     assert in_flight(router) == [0, 0]
     assert failures(router) == [counted, 0]
+
+
+@pytest.mark.parametrize("where", ["call", "prime"])
+def test_a_model_one_backend_lacks_is_served_by_another(where: str) -> None:
+    a = StubBackend("a", ("prime", ModelNotFound()) if where == "prime" else ModelNotFound())
+    b = StubBackend("b")
+    router = router_of(a, b)
+    request = typed("generate", REQUEST)
+    answer = open_stream(router, request) if where == "prime" else complete(router, request)
+    assert (a.calls, b.calls) == (1, 1) and failures(router) == [0, 0]
+    if where == "prime":
+        answer.close()
+    # Until its next probe, a is no candidate for that model; then it is again.
+    assert [n.url for n in router.pool.candidates(request.model)] == ["http://b:11434"]
+    router.pool.probed(router.pool.nodes[0], Probe([{"id": "m"}], {"m"}))
+    assert "http://a:11434" in [n.url for n in router.pool.candidates(request.model)]
+
+
+def test_a_model_no_backend_serves_is_a_404() -> None:
+    router = router_of(StubBackend("a", ModelNotFound()), StubBackend("b", ModelNotFound()))
+    with pytest.raises(ModelNotFound):
+        complete(router, typed("generate", REQUEST))
 
 
 def test_max_attempts_bounds_the_backends_tried() -> None:
