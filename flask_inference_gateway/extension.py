@@ -85,6 +85,9 @@ def build_router(settings: Settings) -> Router:
                   prefix_chars=settings.prefix_chars)
 
 
+FIRST_PROBE_WAIT = 2.0  # seconds; a backend slower than that to answer is learnt later
+
+
 def residency_poll(backends: list[Backend]) -> Callable[[], None]:
     """Return one poll of the GPU gauges and each Ollama server's loaded models."""
     polls = [backend_poll(b.base_url, b.loaded_models, metrics.BACKEND_UP)
@@ -108,7 +111,10 @@ def build_state(settings: Settings) -> GatewayState:
         settings.api_keys, settings.api_keys_file)
     backends = [node.backend for node in router.pool.nodes]
     pollers = (Poller(residency_poll(backends), settings.poll_seconds),
-               Poller(router.probe_all, settings.probe_seconds, exclusive=False))
+               # A worker's first requests wait for its first probe (model lists,
+               # residency), so none goes to a backend that lacks its model.
+               Poller(router.probe_all, settings.probe_seconds, exclusive=False,
+                      first_wait=FIRST_PROBE_WAIT))
     return GatewayState(settings=settings, service=service, keys=keys, pollers=pollers)
 
 

@@ -104,21 +104,30 @@ class Poller:
     """Run ``poll`` every ``interval`` seconds: in one worker (``exclusive``) or in each."""
 
     def __init__(self, poll: Callable[[], None], interval: float, *,
-                 exclusive: bool = True) -> None:
+                 exclusive: bool = True, first_wait: float = 0.0) -> None:
         self.poll = poll
         self.interval = interval
         self.exclusive = exclusive
+        self.first_wait = first_wait  # how long the first requests wait for the first poll
         folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
         self.lock_path = os.path.join(folder, "gateway-poller.lock")
         self._started_pid = 0
+        self._ready_pid = 0
+        self._first_poll = threading.Event()
         self._lock_file: Any = None
 
     def ensure_started(self) -> None:
-        """Start the loop in this process, once."""
-        if self.interval <= 0 or self._started_pid == os.getpid():
+        """Start the loop in this process, once; the first requests wait (up to
+        ``first_wait``) for its first poll, so they are routed on what it learnt."""
+        if self.interval <= 0 or self._ready_pid == os.getpid():
             return
-        self._started_pid = os.getpid()
-        threading.Thread(target=self._run, name="gateway-poller", daemon=True).start()
+        if self._started_pid != os.getpid():
+            self._started_pid = os.getpid()
+            self._first_poll = threading.Event()
+            threading.Thread(target=self._run, name="gateway-poller", daemon=True).start()
+        if self.first_wait:
+            self._first_poll.wait(self.first_wait)
+        self._ready_pid = os.getpid()
 
     def holds_lock(self) -> bool:
         """Take the poller lock if it is free; return whether this process holds it."""
@@ -140,6 +149,7 @@ class Poller:
                     self.poll()
                 except Exception:  # a failed poll must not end the loop
                     log.exception("background poll failed")
+            self._first_poll.set()
             time.sleep(self.interval)
 
 

@@ -133,6 +133,18 @@ def test_a_backend_lacking_the_model_sends_it_elsewhere(gateway_server, fakes) -
     assert call(server.url, GENERATE, {"prompt": "hi", "model": "nope"}).status == 404
 
 
+def test_a_worker_learns_the_model_lists_before_its_first_request(gateway_server,
+                                                                 fakes) -> None:
+    """Probes on: the first request waits for the worker's first probe, so the backend that
+    lacks the model is never asked for it (not even once, as with probes off)."""
+    lacking, serving = fakes(models=("llama3.2:latest",)), fakes(models=("qwen2.5:latest",))
+    server = gateway_server(GATEWAY_OLLAMA_URL=urls(lacking, serving), GATEWAY_WORKERS="1",
+                            GATEWAY_ROUTING="round-robin", GATEWAY_PROBE_SECONDS="30")
+    for _ in range(4):
+        assert call(server.url, GENERATE, {"prompt": "hi", "model": "qwen2.5"}).status == 200
+    assert lacking.requests_seen == [] and serving.stats["completed"] == 4
+
+
 def test_requests_follow_model_availability(gateway_server, fakes) -> None:
     """An Ollama backend serves llama3.2, an OpenAI-compatible one qwen: each model goes home."""
     ollama = fakes(models=("llama3.2:latest",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -97,3 +98,26 @@ def test_disabled_poller_never_starts() -> None:
     poller = gpu.Poller(lambda: None, 0)
     poller.ensure_started()
     assert poller._started_pid == 0
+
+
+def test_the_first_requests_wait_for_the_first_poll() -> None:
+    polls: list[float] = []
+
+    def poll() -> None:
+        time.sleep(0.2)
+        polls.append(time.monotonic())
+
+    poller = gpu.Poller(poll, 60, exclusive=False, first_wait=5)
+    started = time.monotonic()
+    poller.ensure_started()
+    assert polls and polls[0] - started >= 0.2  # routed on what the first poll learnt
+    again = time.monotonic()
+    poller.ensure_started()
+    assert time.monotonic() - again < 0.05  # later requests do not wait
+
+
+def test_a_slow_first_poll_holds_the_first_request_no_longer_than_the_wait() -> None:
+    poller = gpu.Poller(lambda: time.sleep(5), 60, exclusive=False, first_wait=0.2)
+    started = time.monotonic()
+    poller.ensure_started()
+    assert 0.2 <= time.monotonic() - started < 1.0
