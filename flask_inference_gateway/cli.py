@@ -13,7 +13,7 @@ from flask_inference_gateway.security.keys import (
     read_key_file,
     write_key_file,
 )
-from flask_inference_gateway.settings import parse_limit
+from flask_inference_gateway.core.parse import parse_limit
 
 keys_cli = AppGroup("keys", help="Manage the gateway's API keys (GATEWAY_API_KEYS_FILE).")
 

@@ -11,90 +11,23 @@ gunicorn's master imports it before any worker patches its sockets.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flask_inference_gateway.core.parse import (
+    parse_bool,
+    parse_choice,
+    parse_limit,
+    parse_non_negative_float,
+    parse_non_negative_int,
+    parse_positive_float,
+    parse_positive_int,
+    parse_url_list,
+)
 
 class ConfigError(ValueError):
     """A GATEWAY_* variable holds a value that cannot be used."""
-
-
-def parse_bool(raw: str) -> bool:
-    """Parse 1/0, true/false, yes/no, on/off (any case)."""
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected a boolean (1/0, true/false), got {raw!r}")
-
-
-def parse_positive_float(raw: str) -> float:
-    """Parse a float greater than zero."""
-    value = float(raw)
-    if value <= 0:
-        raise ValueError(f"expected a number > 0, got {raw!r}")
-    return value
-
-
-def parse_positive_int(raw: str) -> int:
-    """Parse an integer greater than zero."""
-    value = int(raw)
-    if value <= 0:
-        raise ValueError(f"expected an integer > 0, got {raw!r}")
-    return value
-
-
-def parse_non_negative_int(raw: str) -> int:
-    """Parse an integer of zero or more."""
-    value = int(raw)
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {raw!r}")
-    return value
-
-
-def parse_limit(raw: str) -> str:
-    """Check a rate limit such as '60/minute;1000/hour'."""
-    pattern = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$")
-    parts = [part for part in raw.split(";") if part.strip()]
-    if not parts or not all(pattern.match(part) for part in parts):
-        raise ValueError(f"expected limits such as '60/minute;1000/hour', got {raw!r}")
-    return raw.strip()
-
-
-def parse_choice(*choices: str) -> Callable[[str], str]:
-    """Return a parser that accepts one of ``choices`` (any case)."""
-
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def parse_url(raw: str) -> str:
-    """Parse an http(s) base URL, without its trailing slash."""
-    value = raw.strip().rstrip("/")
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected an http:// or https:// URL, got {raw!r}")
-    return value
-
-
-def parse_url_list(raw: str) -> tuple[str, ...]:
-    """Parse a comma-separated list of http(s) base URLs (may be empty)."""
-    return tuple(parse_url(part) for part in raw.split(",") if part.strip())
-
-
-def parse_non_negative_float(raw: str) -> float:
-    """Parse a float of zero or more."""
-    value = float(raw)
-    if value < 0:
-        raise ValueError(f"expected a number >= 0, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -148,10 +81,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_TOTAL_TIMEOUT", parse_positive_float, 900.0,
             "Deadline (seconds) for a whole request: queueing, failover and generation."),
     Setting("GATEWAY_BACKEND_MAX_CONCURRENCY", parse_non_negative_int, 0,
-            "Requests in flight per backend (e.g. its OLLAMA_NUM_PARALLEL), split evenly over "
-            "the GATEWAY_WORKERS workers; 0: no cap."),
+            "Requests in flight per backend (e.g. its OLLAMA_NUM_PARALLEL): with "
+            "GATEWAY_REDIS_URL, across every worker of every replica; without, split evenly "
+            "over the GATEWAY_WORKERS workers of this one; 0: no cap."),
     Setting("GATEWAY_QUEUE_SIZE", parse_non_negative_int, 100,
-            "Requests per worker that may wait for a backend slot; more get 503."),
+            "Requests per worker that may wait for a backend slot; more get 503. Waiting "
+            "requests are served fairly: round-robin over keys, by each key's weight."),
     Setting("GATEWAY_QUEUE_TIMEOUT", parse_non_negative_float, 30.0,
             "Seconds a request may wait for a backend slot before it gets 503 with "
             "Retry-After."),
@@ -209,6 +144,15 @@ SETTINGS: tuple[Setting, ...] = (
             "0 answers 503."),
     Setting("GATEWAY_REDIS_TIMEOUT", parse_positive_float, 0.25,
             "Seconds a Redis call may take before it counts as unreachable."),
+    Setting("GATEWAY_LEASE_SECONDS", parse_positive_float, 5.0,
+            "Life of a backend or stream slot held in Redis; its holder renews it every third "
+            "of this, so the slots of a killed worker are free again after it."),
+    Setting("GATEWAY_KEYS_BACKEND", parse_choice("file", "redis"), "file",
+            "Where named keys live: 'file' (GATEWAY_API_KEYS_FILE, one machine) or 'redis' "
+            "(GATEWAY_REDIS_URL, every replica; a revoke holds everywhere within a second)."),
+    Setting("GATEWAY_DNS_SECONDS", parse_positive_float, 10.0,
+            "How often a dns+http:// backend URL is resolved again (every address it "
+            "resolves to is a backend)."),
     Setting("GATEWAY_TRUSTED_PROXIES", parse_non_negative_int, 0,
             "Proxies in front of the gateway whose X-Forwarded-* headers are trusted."),
     Setting("GATEWAY_CORS_ORIGINS", str, "",
@@ -275,6 +219,9 @@ class Settings:
     redis_url: str
     redis_fail_open: bool
     redis_timeout: float
+    lease_seconds: float
+    keys_backend: str
+    dns_seconds: float
     trusted_proxies: int
     cors_origins: str
 

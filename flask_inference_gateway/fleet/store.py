@@ -1,0 +1,79 @@
+"""One Redis client per process and URL, and what an outage of it means.
+
+Every shared structure (admission slots, stream slots, token budgets, keys,
+backend health) goes through ``connect`` and guards its calls with an
+``Outage``: fail open (carry on without Redis, one warning per outage) or
+fail closed (503 ``limits_unavailable``), as GATEWAY_REDIS_FAIL_OPEN says.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from flask_inference_gateway.core.errors import LimitsUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_clients: dict[tuple[str, float, int], redis.Redis] = {}
+_lock = threading.Lock()
+
+
+def connect(url: str, timeout: float) -> redis.Redis:
+    """Return this process's client for ``url`` (a pool of connections, timed calls)."""
+    # Keyed by pid too: a client made before gunicorn forks must not be shared.
+    key = (url, timeout, os.getpid())
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                          socket_connect_timeout=timeout)
+            _clients[key] = client
+        return client
+
+
+def instance_id() -> str:
+    """Return a name for this process, unique in the fleet (host, pid, random)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Outage:
+    """Run store calls; on failure fail open (warn once per outage) or closed (503)."""
+
+    def __init__(self, what: str, *, fail_open: bool) -> None:
+        self.what = what
+        self.fail_open = fail_open
+        self.down = False
+
+    def call(self, func: Callable[..., T], *args: Any, default: T) -> T:
+        """Return ``func(*args)``; on a store failure, ``default`` (open) or raise (closed)."""
+        try:
+            result = func(*args)
+        except Exception as exc:  # any store failure: redis, socket, timeout, script
+            self.failed(exc)
+            return default
+        self.recovered()
+        return result
+
+    def failed(self, exc: BaseException) -> None:
+        """Note a failed store call; raise LimitsUnavailable when failing closed."""
+        if not self.down:
+            self.down = True
+            action = "carrying on without it" if self.fail_open else "refusing requests"
+            log.warning("%s: Redis unreachable, %s: %s", self.what, action, exc)
+        if not self.fail_open:
+            raise LimitsUnavailable() from exc
+
+    def recovered(self) -> None:
+        """Note a store call that worked again."""
+        if self.down:
+            self.down = False
+            log.warning("%s: Redis reachable again", self.what)
