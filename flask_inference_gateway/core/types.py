@@ -230,6 +230,21 @@ class Embeddings:
     prompt_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who waits for a backend slot: fair queueing serves callers in turn, by weight.
+
+    ``priority`` callers are served before every other waiting request.
+    """
+
+    name: str = "anonymous"
+    weight: float = 1.0
+    priority: bool = False
+
+
+ANONYMOUS = Caller()
+
+
 @dataclass(slots=True)
 class Probe:
     """What a backend's health probe found: its models, those in memory, its version."""

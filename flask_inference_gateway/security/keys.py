@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from flask_inference_gateway.core.types import Caller
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "gw-"
@@ -41,6 +43,12 @@ class Principal:
     tokens_per_minute: int | None = None
     max_streams: int | None = None
     admin: bool = False  # may manage models (Ollama's /api/pull, /api/delete, ...)
+    weight: float = 1.0  # share of backend slots while requests queue (fair queueing)
+    priority: bool = False  # queued requests are served before everyone else's
+
+    def caller(self) -> Caller:
+        """Return who this key is to the admission queue."""
+        return Caller(self.name, self.weight, self.priority)
 
     def may_use(self, model: str) -> bool:
         """Return whether this key may run ``model`` (a bare name also allows ':latest')."""
