@@ -18,10 +18,10 @@ Routing rule, for a request naming model M:
    ``prefix``: the backend the request's prefix hashes to, unless it is over
    the load bound (``affinity.py``); ``round-robin``: in turn.
 
-Admission: a backend takes at most ``max_concurrency`` requests at once
-(0: no cap). Requests over the cap wait in one FIFO queue, bounded in length
-and in time, and take the first freed slot of a backend that serves their
-model.
+Admission (``fleet/admission.py``): a backend takes at most its cap of
+requests at once (0: no cap), counted in this process or, with Redis, across
+the fleet. Requests over the cap wait in a fair queue, bounded in length and
+in time, and take a freed slot of a backend that serves their model.
 """
 
 from __future__ import annotations
@@ -30,30 +30,26 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from flask_inference_gateway.core.errors import (
-    BackendBusy,
-    ClientLeft,
-    GatewayError,
-    NoBackendAvailable,
-)
+from flask_inference_gateway.core.errors import GatewayError, NoBackendAvailable
 from flask_inference_gateway.core.types import (
+    ANONYMOUS,
+    Caller,
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
     Probe,
     Timeouts,
 )
+from flask_inference_gateway.fleet.admission import Admission, Grant, LocalAdmission, Want
 from flask_inference_gateway.routing.affinity import by_affinity
 from flask_inference_gateway.upstream.stream import TokenStream
 
 log = logging.getLogger(__name__)
 
-QUEUE_POLL_SECONDS = 0.25  # how often a queued request checks that its client is still there
 ROUTINGS = ("least-busy", "prefix", "round-robin")
 
 
@@ -135,14 +131,11 @@ class Node:
 
 
 @dataclass(eq=False)
-class Waiter:
-    """A request for ``model`` queued for a slot on one of ``nodes``."""
+class Slot:
+    """A slot taken on ``node``: the request holds it until ``BackendPool.release``."""
 
-    model: str
-    exclude: list[Node]
-    nodes: list[Node]
-    event: threading.Event = field(default_factory=threading.Event)
-    node: Node | None = None  # the node whose slot was handed over
+    node: Node
+    grant: Grant
 
 
 class BackendPool:
@@ -151,19 +144,19 @@ class BackendPool:
     def __init__(self, backends: Iterable[Backend], *, max_concurrency: int = 0,
                  queue_size: int = 100, queue_timeout: float = 30.0,
                  breaker_failures: int = 3, breaker_cooldown: float = 10.0,
-                 routing: str = "least-busy", prefix_balance: float = 0.25) -> None:
+                 routing: str = "least-busy", prefix_balance: float = 0.25,
+                 admission: Admission | None = None) -> None:
+        """``admission`` counts the slots (default: this process, ``max_concurrency`` each)."""
         self.nodes = [Node(backend) for backend in backends]
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, not {routing!r}")
         self.routing = routing
         self.prefix_balance = prefix_balance
-        self.max_concurrency = max_concurrency
-        self.queue_size = queue_size
-        self.queue_timeout = queue_timeout
+        self.admission = admission or LocalAdmission(
+            max_concurrency, queue_size=queue_size, queue_timeout=queue_timeout)
         self.breaker_failures = breaker_failures
         self.breaker_cooldown = breaker_cooldown
         self._lock = threading.Lock()
-        self._queue: deque[Waiter] = deque()
         self._turn = itertools.count()
 
     def candidates(self, model: str, exclude: Iterable[Node] = (),
@@ -203,62 +196,30 @@ class BackendPool:
         return [n for n in self.nodes if n.backend.kind == kind and now >= n.open_until]
 
     def acquire(self, model: str, exclude: Iterable[Node], deadline: float,
-                gone: Callable[[], bool], key: bytes | None = None) -> Node | None:
-        """Take a slot on the best backend for ``model``, queueing when all are full.
+                gone: Callable[[], bool], key: bytes | None = None,
+                caller: Caller = ANONYMOUS) -> Slot | None:
+        """Take a slot on the best backend for ``model``, queueing fairly when all are full.
 
         Returns None when no backend is left to try.
         """
         exclude = list(exclude)
+        nodes = self.candidates(model, exclude, key)
+        if not nodes:
+            return None
+        grant = self.admission.admit(Want(
+            [n.url for n in nodes], caller, deadline, gone,
+            lambda: [n.url for n in self.candidates(model, exclude)], model))
+        node = self._node(grant.backend, nodes)
         with self._lock:
-            nodes = self.candidates(model, exclude, key)
-            if not nodes:
-                return None
-            node = self._take_room(nodes)
-            if node is not None:
-                return node
-            if len(self._queue) >= self.queue_size:
-                raise self.busy(f"every backend serving '{model}' is at capacity and "
-                                f"{self.queue_size} requests are already queued")
-            waiter = Waiter(model, exclude, nodes)
-            self._queue.append(waiter)
-        return self._wait(waiter, min(deadline, time.monotonic() + self.queue_timeout), gone)
+            node.in_flight += 1
+        return Slot(node, grant)
 
-    def _take_room(self, nodes: list[Node]) -> Node | None:
-        """Take a slot on the first of ``nodes`` with room; the caller holds the lock."""
-        for node in nodes:
-            if not self.max_concurrency or node.in_flight < self.max_concurrency:
-                node.in_flight += 1
+    def _node(self, url: str, nearby: list[Node]) -> Node:
+        """Return the node of ``url``: one of ``nearby`` or, rarely, any of the pool's."""
+        for node in nearby:
+            if node.url == url:
                 return node
-        return None
-
-    def _wait(self, waiter: Waiter, until: float, gone: Callable[[], bool]) -> Node:
-        """Wait for a slot handed over by ``release``; leave the queue on timeout or exit."""
-        left = False
-        while not waiter.event.wait(max(0.0, min(QUEUE_POLL_SECONDS, until - time.monotonic()))):
-            node = self._take_late(waiter)
-            if node is not None:
-                return node
-            left = gone()
-            if left or time.monotonic() >= until:
-                break
-        with self._lock:
-            if waiter.node is not None:
-                return waiter.node
-            self._queue.remove(waiter)
-        if left:
-            raise ClientLeft()
-        raise self.busy(f"no backend serving '{waiter.model}' had room within "
-                        f"{self.queue_timeout:g} s")
-
-    def _take_late(self, waiter: Waiter) -> Node | None:
-        """Take room no release handed over: a backend whose circuit has closed again."""
-        with self._lock:
-            if waiter.node is not None:
-                return waiter.node
-            node = self._take_room(self.candidates(waiter.model, waiter.exclude))
-            if node is not None:
-                self._queue.remove(waiter)
-            return node
+        return next(node for node in self.nodes if node.url == url)
 
     def does_not_serve(self, node: Node, model: str) -> None:
         """Note that ``node`` answered 404 for ``model``: others serve it first, until the
@@ -269,21 +230,12 @@ class BackendPool:
         """Try ``node`` after the others for ``seconds``: it said it is busy."""
         node.busy_until = time.monotonic() + seconds
 
-    def busy(self, why: str) -> BackendBusy:
-        """Return the 503 for a request that found no room."""
-        return BackendBusy(f"The model backends are busy: {why}; retry after the time in "
-                           "Retry-After.", headers={"Retry-After": "1"})
-
-    def release(self, node: Node) -> None:
-        """Free a slot on ``node``: hand it to the first queued request it can serve."""
+    def release(self, slot: Slot) -> None:
+        """Free a slot: the next queued request that its backend serves takes it."""
+        node = slot.node
         with self._lock:
-            for waiter in self._queue:
-                if node in waiter.nodes and time.monotonic() >= node.open_until:
-                    self._queue.remove(waiter)
-                    waiter.node = node
-                    waiter.event.set()
-                    return
             node.in_flight -= 1
+        self.admission.release(slot.grant, reusable=time.monotonic() >= node.open_until)
 
     def unavailable(self, model: str) -> GatewayError:
         """Return the error for a request that found every backend's circuit open."""
@@ -318,3 +270,13 @@ class BackendPool:
         if node.failures or node.open_until:
             log.info("backend %s answers its probe again", node.url)
         node.failures, node.open_until, node.last_error = 0, 0.0, None
+
+    def set_backends(self, backends: list[Backend]) -> None:
+        """Serve ``backends`` from now on (DNS discovery found them): a backend whose URL
+        stays keeps its node, health and requests in flight included."""
+        with self._lock:
+            kept = {node.url: node for node in self.nodes}
+            # A new list, never a change in place: whoever iterates the old one
+            # (candidates, probes) finishes on it, and a request in flight on a
+            # dropped node still holds that node and releases it.
+            self.nodes = [kept.get(backend.base_url) or Node(backend) for backend in backends]

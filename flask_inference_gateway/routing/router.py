@@ -30,6 +30,8 @@ from flask_inference_gateway.core.errors import (
     ModelNotFound,
 )
 from flask_inference_gateway.core.types import (
+    ANONYMOUS,
+    Caller,
     EmbeddingRequest,
     Embeddings,
     GenerationRequest,
@@ -38,7 +40,7 @@ from flask_inference_gateway.core.types import (
 )
 from flask_inference_gateway.observability import context, metrics
 from flask_inference_gateway.routing.affinity import prefix_key
-from flask_inference_gateway.routing.pool import BackendPool, Node
+from flask_inference_gateway.routing.pool import BackendPool, Node, Slot
 from flask_inference_gateway.upstream.stream import TokenStream
 from flask_inference_gateway.upstream.watch import ClientWatch
 
@@ -71,9 +73,14 @@ def unhealthy(error: GatewayError) -> bool:
 class RoutedStream:
     """A primed stream and the backend slot it holds until ``Router.settle`` frees it."""
 
-    node: Node
+    slot: Slot
     stream: TokenStream
     model: str
+
+    @property
+    def node(self) -> Node:
+        """Return the backend serving the stream."""
+        return self.slot.node
 
 
 class Router:
@@ -87,28 +94,31 @@ class Router:
         self.probe_timeout = probe_timeout
         self.prefix_chars = prefix_chars
 
-    def embed(self, request: EmbeddingRequest,
-              gone: Callable[[], bool] = never_gone) -> Embeddings:
+    def embed(self, request: EmbeddingRequest, gone: Callable[[], bool] = never_gone,
+              caller: Caller = ANONYMOUS) -> Embeddings:
         """Embed the request's inputs on the first backend that takes it."""
-        node, embeddings = self._attempt(
-            request.model, lambda n, deadline: n.backend.embed(request, deadline), gone)
-        self._settle(node, request.model, None)
+        slot, embeddings = self._attempt(
+            request.model, lambda n, deadline: n.backend.embed(request, deadline), gone,
+            caller=caller)
+        self._settle(slot, request.model, None)
         return embeddings
 
-    def open_stream(self, request: GenerationRequest,
-                    gone: Callable[[], bool] = never_gone) -> RoutedStream:
+    def open_stream(self, request: GenerationRequest, gone: Callable[[], bool] = never_gone,
+                    caller: Caller = ANONYMOUS) -> RoutedStream:
         """Start and prime a stream on the first backend that sends a token.
 
         The caller owns the stream: it closes it, then calls ``settle``.
+        ``caller``: whose turn it is when requests queue for a slot.
         """
         key = prefix_key(request, self.prefix_chars) if self.pool.routing == "prefix" else None
-        node, stream = self._attempt(
-            request.model, lambda n, deadline: self._start(n, request, deadline), gone, key)
-        return RoutedStream(node, stream, request.model)
+        slot, stream = self._attempt(
+            request.model, lambda n, deadline: self._start(n, request, deadline), gone, key,
+            caller)
+        return RoutedStream(slot, stream, request.model)
 
     def settle(self, routed: RoutedStream) -> None:
         """Record what a closed stream says about its backend, and free its slot."""
-        self._settle(routed.node, routed.model, routed.stream)
+        self._settle(routed.slot, routed.model, routed.stream)
 
     def _start(self, node: Node, request: GenerationRequest, deadline: float) -> TokenStream:
         stream = node.backend.stream(request, deadline)
@@ -119,22 +129,23 @@ class Router:
             raise
         return stream
 
-    def _attempt(self, model: str, call: Callable[[Node, float], T],
-                 gone: Callable[[], bool], key: bytes | None = None) -> tuple[Node, T]:
+    def _attempt(self, model: str, call: Callable[[Node, float], T], gone: Callable[[], bool],
+                 key: bytes | None = None, caller: Caller = ANONYMOUS) -> tuple[Slot, T]:
         """Run ``call`` on successive backends until one succeeds or a limit is reached."""
         deadline = self.timeouts.deadline()
         tried: list[Node] = []
         last: GatewayError | None = None
         while len(tried) < self.max_attempts:
-            node = self.pool.acquire(model, tried, deadline, gone, key)
-            if node is None:
+            slot = self.pool.acquire(model, tried, deadline, gone, key, caller)
+            if slot is None:
                 break
+            node = slot.node
             tried.append(node)
             context.note_backend(node.url)
             watch = ClientWatch(gone)
             try:
                 with watch if gone is not never_gone else nullcontext():
-                    return node, call(node, deadline)
+                    return slot, call(node, deadline)
             except GatewayError as exc:
                 # Health first: a queued request must not be handed this slot
                 # on a backend whose circuit is about to open.
@@ -142,7 +153,7 @@ class Router:
                     self.pool.failed(node, exc.type, exc.message)
                 elif isinstance(exc, BackendBusy):
                     self.pool.busy_for(node, retry_after(exc))
-                self.pool.release(node)
+                self.pool.release(slot)
                 if watch.left:  # our own doing: the client left, the backend is fine
                     raise ClientLeft() from exc
                 if isinstance(exc, ModelNotFound):  # another backend may serve it
@@ -155,17 +166,18 @@ class Router:
                 log.info("%s from %s; trying another backend", exc.type, node.url)
                 last = exc
             except BaseException:
-                self.pool.release(node)  # a bug or a killed greenlet must not leak the slot
+                self.pool.release(slot)  # a bug or a killed greenlet must not leak the slot
                 raise
         raise last or self.pool.unavailable(model)
 
-    def _settle(self, node: Node, model: str, stream: TokenStream | None) -> None:
+    def _settle(self, slot: Slot, model: str, stream: TokenStream | None) -> None:
         """Record what the request says about the backend's health, then free its slot."""
+        node = slot.node
         if stream is None or stream.finished:
             self.pool.succeeded(node, model)
         elif stream.error in UNHEALTHY_STREAM_ENDS:
             self.pool.failed(node, stream.error, stream.error_message or stream.error)
-        self.pool.release(node)
+        self.pool.release(slot)
 
     def list_models(self) -> list[dict[str, Any]]:
         """Return every model the healthy backends serve, each once."""

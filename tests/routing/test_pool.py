@@ -1,10 +1,12 @@
-"""BackendPool with stub backends: candidate order, circuit breaker, admission queue."""
+"""BackendPool with stub backends: candidate order, circuit breaker, admission (in this
+process and in Redis: the same tests for both)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,8 +14,12 @@ import pytest
 
 from flask_inference_gateway.core.errors import BackendBusy, ClientLeft, NoBackendAvailable
 from flask_inference_gateway.core.types import Probe, Timeouts
+from flask_inference_gateway.fleet import admission as admission_module
+from flask_inference_gateway.fleet.admission import LocalAdmission
+from flask_inference_gateway.fleet.shared import SharedAdmission
 from flask_inference_gateway.routing import pool as pool_module
-from flask_inference_gateway.routing.pool import BackendPool, Node
+from flask_inference_gateway.routing.pool import BackendPool, Node, Slot
+from tests.integration.redis_server import AVAILABLE, RedisServer
 
 
 class Stub:
@@ -79,9 +85,9 @@ def test_a_backend_with_nothing_in_memory_shares_the_load() -> None:
     knows(pool.nodes[0], ["m"], loaded=("m",))
     knows(pool.nodes[1], ["m"])
     served = [take(pool) for _ in range(20)]
-    for node in served:
-        pool.release(node)
-    assert sorted(urls(served)).count("a") == 10
+    for slot in served:
+        pool.release(slot)
+    assert sorted(urls([slot.node for slot in served])).count("a") == 10
 
 
 def test_ties_rotate() -> None:
@@ -96,10 +102,10 @@ def test_sequential_requests_alternate_after_each_success() -> None:
         knows(node, ["m"])
     served = []
     for _ in range(20):
-        node = take(pool)
-        pool.succeeded(node, "m")  # it now holds m: the other one must still get turns
-        pool.release(node)
-        served.append(node)
+        slot = take(pool)
+        pool.succeeded(slot.node, "m")  # it now holds m: the other one must still get turns
+        pool.release(slot)
+        served.append(slot.node)
     assert urls(served) == ["a", "b"] * 10
 
 
@@ -213,7 +219,34 @@ def test_unavailable_when_every_circuit_is_open(clock: list[float]) -> None:
     assert pool.unavailable("m").headers == {"Retry-After": "1"}  # never less than 1
 
 
-# --- admission ---------------------------------------------------------------------------
+# --- admission: the same rules in this process and in Redis ------------------------------
+
+@pytest.fixture(scope="module")
+def redis_for_pools() -> Iterator[RedisServer]:
+    if not AVAILABLE:
+        pytest.skip("redis-server is not installed (CI installs it)")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "redis"])
+def capped_pool(request: pytest.FixtureRequest) -> Callable[..., BackendPool]:
+    """Return a factory of pools whose slots live in this process, or in a real Redis."""
+
+    def factory(*names: str, max_concurrency: int = 1, queue_size: int = 100,
+                queue_timeout: float = 30.0, **options: Any) -> BackendPool:
+        local = LocalAdmission(max_concurrency, queue_size=queue_size,
+                               queue_timeout=queue_timeout)
+        if request.param == "local":
+            return make_pool(*names, admission=local, **options)
+        server = request.getfixturevalue("redis_for_pools")
+        shared = SharedAdmission(server.client(), max_concurrency, fallback=local,
+                                 queue_size=queue_size, queue_timeout=queue_timeout,
+                                 prefix=f"t-{uuid.uuid4().hex[:8]}:")
+        return make_pool(*names, admission=shared, **options)
+
+    return factory
+
 
 class Acquirer(threading.Thread):
     """Call pool.acquire in a thread; keep what it returned or raised."""
@@ -223,14 +256,14 @@ class Acquirer(threading.Thread):
         super().__init__(daemon=True)
         self.pool, self.model, self.gone = pool, model, gone
         self.deadline = time.monotonic() + deadline
-        self.node: Node | None = None
+        self.slot: Slot | None = None
         self.error: Exception | None = None
         self.took = 0.0
 
     def run(self) -> None:
         started = time.monotonic()
         try:
-            self.node = self.pool.acquire(self.model, (), self.deadline, self.gone)
+            self.slot = self.pool.acquire(self.model, (), self.deadline, self.gone)
         except Exception as exc:  # kept for the test to inspect
             self.error = exc
         self.took = time.monotonic() - started
@@ -238,20 +271,21 @@ class Acquirer(threading.Thread):
     def result(self) -> Node | Exception | None:
         self.join(5)
         assert not self.is_alive(), "acquire did not return"
-        return self.error or self.node
+        return self.error or (self.slot.node if self.slot else None)
 
 
 def queued(pool: BackendPool, count: int) -> None:
     """Wait until ``count`` requests are queued."""
     deadline = time.monotonic() + 2
-    while len(pool._queue) != count:
-        assert time.monotonic() < deadline, f"{len(pool._queue)} queued, not {count}"
+    while pool.admission.waiting != count:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"{pool.admission.waiting} queued, not {count}"  # type: ignore[attr-defined]
         time.sleep(0.005)
 
 
-def take(pool: BackendPool, model: str = "m") -> Node:
-    node = pool.acquire(model, (), time.monotonic() + 5, lambda: False)
-    return node
+def take(pool: BackendPool, model: str = "m") -> Slot:
+    slot = pool.acquire(model, (), time.monotonic() + 5, lambda: False)
+    assert slot is not None
+    return slot
 
 
 def start(pool: BackendPool, queue_length: int, **options: Any) -> Acquirer:
@@ -261,19 +295,23 @@ def start(pool: BackendPool, queue_length: int, **options: Any) -> Acquirer:
     return waiter
 
 
-def test_cap_is_respected_and_release_hands_the_slot_over() -> None:
-    pool = make_pool("a", max_concurrency=2)
+def test_cap_is_respected_and_release_hands_the_slot_over(
+        capped_pool: Callable[..., BackendPool]) -> None:
+    pool = capped_pool("a", max_concurrency=2)
     a = pool.nodes[0]
-    assert [take(pool), take(pool)] == [a, a] and a.in_flight == 2
+    slots = [take(pool), take(pool)]
+    assert [s.node for s in slots] == [a, a] and a.in_flight == 2
     waiter = start(pool, 1)
     time.sleep(0.05)
     assert waiter.is_alive() and a.in_flight == 2
-    pool.release(a)
+    pool.release(slots[0])
     assert waiter.result() is a
-    assert a.in_flight == 2 and not pool._queue  # the slot moved, it was not freed
-    for _ in range(2):
-        pool.release(a)
+    assert a.in_flight == 2 and not pool.admission.waiting  # type: ignore[attr-defined]
+    assert waiter.slot is not None
+    for slot in (slots[1], waiter.slot):
+        pool.release(slot)
     assert a.in_flight == 0
+    assert take(pool).node is a and take(pool).node is a  # both slots are free again
 
 
 def test_no_cap_admits_everyone() -> None:
@@ -283,61 +321,68 @@ def test_no_cap_admits_everyone() -> None:
     assert pool.nodes[0].in_flight == 50
 
 
-def test_queue_is_first_in_first_out() -> None:
-    pool = make_pool("a", max_concurrency=1)
+def test_one_callers_queue_is_first_in_first_out(capped_pool: Callable[..., BackendPool]) -> None:
+    pool = capped_pool("a", max_concurrency=1)
     a = take(pool)
     first, second = start(pool, 1), start(pool, 2)
     pool.release(a)
-    assert first.result() is a
+    assert first.result() is pool.nodes[0]
     assert second.is_alive()
-    pool.release(a)
-    assert second.result() is a
-    pool.release(a)
-    assert a.in_flight == 0
+    assert first.slot is not None
+    pool.release(first.slot)
+    assert second.result() is pool.nodes[0]
+    assert second.slot is not None
+    pool.release(second.slot)
+    assert pool.nodes[0].in_flight == 0
 
 
-def test_a_freed_slot_goes_to_the_first_waiter_that_backend_can_serve() -> None:
-    pool = make_pool("a", "b", max_concurrency=1)
+def test_a_freed_slot_goes_to_the_first_waiter_that_backend_can_serve(
+        capped_pool: Callable[..., BackendPool]) -> None:
+    pool = capped_pool("a", "b", max_concurrency=1)
     a, b = pool.nodes
     knows(a, ["x"])
     knows(b, ["y"])
-    assert (take(pool, "x"), take(pool, "y")) == (a, b)
+    x_slot, y_slot = take(pool, "x"), take(pool, "y")
+    assert (x_slot.node, y_slot.node) == (a, b)
     wants_y, wants_x = start(pool, 1, model="y"), start(pool, 2, model="x")
-    pool.release(a)
+    pool.release(x_slot)
     assert wants_x.result() is a  # jumped the queue: a cannot serve the first waiter
     assert wants_y.is_alive()
-    pool.release(b)
+    pool.release(y_slot)
     assert wants_y.result() is b
 
 
-def test_a_freed_slot_on_an_open_circuit_is_not_handed_over() -> None:
-    pool = make_pool("a", max_concurrency=1, breaker_failures=1, queue_timeout=0.3)
-    a = take(pool)
+def test_a_freed_slot_on_an_open_circuit_is_not_handed_over(
+        capped_pool: Callable[..., BackendPool]) -> None:
+    pool = capped_pool("a", max_concurrency=1, breaker_failures=1, queue_timeout=0.3)
+    slot = take(pool)
     waiter = start(pool, 1)
-    pool.failed(a, "backend_unavailable", "refused")
-    pool.release(a)
-    assert a.in_flight == 0
+    pool.failed(slot.node, "backend_unavailable", "refused")
+    pool.release(slot)
+    assert slot.node.in_flight == 0
     assert isinstance(waiter.result(), BackendBusy)
 
 
-def test_a_waiter_takes_a_backend_whose_circuit_closed_again() -> None:
-    pool = make_pool("a", "b", max_concurrency=1, breaker_failures=1, breaker_cooldown=60)
+def test_a_waiter_takes_a_backend_whose_circuit_closed_again(
+        capped_pool: Callable[..., BackendPool]) -> None:
+    pool = capped_pool("a", "b", max_concurrency=1, breaker_failures=1, breaker_cooldown=60)
     a, b = pool.nodes
     pool.failed(b, "backend_unavailable", "refused")  # b: no traffic
-    assert take(pool) is a  # a: full
+    assert take(pool).node is a  # a: full
     waiter = start(pool, 1)
     time.sleep(0.05)
     assert waiter.is_alive()
     pool.probed(b, Probe([{"id": "m"}], set()))  # b answers its probe: circuit closed
-    assert waiter.result() is b  # within a queue poll, though no slot was released
-    assert waiter.took < 4 * pool_module.QUEUE_POLL_SECONDS and not pool._queue
+    assert waiter.result() is b  # within a poll, though no slot was released
+    assert waiter.took < 1.5 and not pool.admission.waiting  # type: ignore[attr-defined]
     assert (a.in_flight, b.in_flight) == (1, 1)
 
 
 @pytest.mark.parametrize("queue_size", [0, 2], ids=["no-queue", "queue-of-2"])
-def test_full_queue_is_busy_at_once(queue_size: int) -> None:
-    pool = make_pool("a", max_concurrency=1, queue_size=queue_size, queue_timeout=30)
-    node = take(pool)
+def test_full_queue_is_busy_at_once(capped_pool: Callable[..., BackendPool],
+                                    queue_size: int) -> None:
+    pool = capped_pool("a", max_concurrency=1, queue_size=queue_size, queue_timeout=30)
+    slot = take(pool)
     waiters = [start(pool, i + 1) for i in range(queue_size)]
     started = time.monotonic()
     with pytest.raises(BackendBusy, match="already queued") as raised:
@@ -345,36 +390,43 @@ def test_full_queue_is_busy_at_once(queue_size: int) -> None:
     assert time.monotonic() - started < 0.1
     assert (raised.value.status, raised.value.headers) == (503, {"Retry-After": "1"})
     for waiter in waiters:
-        pool.release(node)
-        assert waiter.result() is node
-    pool.release(node)
-    assert node.in_flight == 0
+        pool.release(slot)
+        assert waiter.result() is slot.node
+        assert waiter.slot is not None
+        slot = waiter.slot
+    pool.release(slot)
+    assert slot.node.in_flight == 0
 
 
 @pytest.mark.parametrize(("queue_timeout", "deadline"), [(0.2, 30.0), (30.0, 0.2)],
                          ids=["queue-timeout", "request-deadline"])
-def test_waiting_too_long_is_busy(queue_timeout: float, deadline: float) -> None:
-    pool = make_pool("a", max_concurrency=1, queue_timeout=queue_timeout)
-    node = take(pool)
+def test_waiting_too_long_is_busy(capped_pool: Callable[..., BackendPool], queue_timeout: float,
+                                  deadline: float) -> None:
+    pool = capped_pool("a", max_concurrency=1, queue_timeout=queue_timeout)
+    slot = take(pool)
     waiter = start(pool, 1, deadline=deadline)
     error = waiter.result()
     assert isinstance(error, BackendBusy) and error.headers == {"Retry-After": "1"}
     assert 0.18 < waiter.took < 1.0
-    assert not pool._queue
-    pool.release(node)
-    assert node.in_flight == 0
+    assert not pool.admission.waiting  # type: ignore[attr-defined]
+    pool.release(slot)
+    assert slot.node.in_flight == 0
+    assert take(pool).node is slot.node  # the slot was freed, not handed to the leaver
 
 
-def test_a_client_that_leaves_leaves_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "QUEUE_POLL_SECONDS", 0.01)
-    pool = make_pool("a", max_concurrency=1, queue_timeout=30)
-    node = take(pool)
+def test_a_client_that_leaves_leaves_the_queue(capped_pool: Callable[..., BackendPool],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission_module, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr("flask_inference_gateway.fleet.shared.POLL_SECONDS", 0.01)
+    pool = capped_pool("a", max_concurrency=1, queue_timeout=30)
+    slot = take(pool)
     left = threading.Event()
     waiter = start(pool, 1, gone=left.is_set)
     time.sleep(0.05)
     assert waiter.is_alive()
     left.set()
     assert isinstance(waiter.result(), ClientLeft)
-    assert waiter.took < 1.0 and not pool._queue
-    pool.release(node)  # nobody is waiting: the slot is freed, not handed to the leaver
-    assert node.in_flight == 0
+    assert waiter.took < 1.0 and not pool.admission.waiting  # type: ignore[attr-defined]
+    pool.release(slot)  # nobody is waiting: the slot is freed, not handed to the leaver
+    assert slot.node.in_flight == 0
+    assert take(pool).node is slot.node
