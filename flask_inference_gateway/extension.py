@@ -23,6 +23,7 @@ from flask_inference_gateway.cli import keys_cli
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.observability import metrics
 from flask_inference_gateway.observability.gpu import Poller, backend_poll
+from flask_inference_gateway.routing.discovery import Catalog, Discovery, follow
 from flask_inference_gateway.routing.pool import Backend, BackendPool
 from flask_inference_gateway.routing.router import Router
 from flask_inference_gateway.security.keys import KeyStore
@@ -51,26 +52,41 @@ def build_ledger(settings: Settings) -> UsageLedger | None:
                        fail_open=settings.redis_fail_open)
 
 
-def build_backends(settings: Settings) -> list[Backend]:
+def build_timeouts(settings: Settings) -> Timeouts:
+    """Return the timeouts of every backend call."""
+    return Timeouts(connect=settings.connect_timeout, first_token=settings.first_token_timeout,
+                    between_tokens=settings.read_timeout, total=settings.total_timeout)
+
+
+def build_catalog(settings: Settings) -> Catalog:
+    """Return the adapters of the configured servers (each address of a dns+ URL is one)."""
+    timeouts, pool_size = build_timeouts(settings), settings.worker_connections
+
+    def ollama(url: str) -> Backend:
+        return OllamaBackend(url, timeouts=timeouts, pool_size=pool_size)
+
+    def openai(url: str) -> Backend:
+        return OpenAIBackend(url, timeouts=timeouts, pool_size=pool_size,
+                             api_key=settings.openai_api_key)
+
+    return Catalog([(Discovery(settings.ollama_url, settings.dns_seconds), ollama),
+                    (Discovery(settings.openai_url, settings.dns_seconds), openai)])
+
+
+def build_backends(settings: Settings, catalog: Catalog | None = None) -> list[Backend]:
     """Create one adapter per configured Ollama and OpenAI-compatible server."""
-    timeouts = Timeouts(connect=settings.connect_timeout,
-                        first_token=settings.first_token_timeout,
-                        between_tokens=settings.read_timeout,
-                        total=settings.total_timeout)
-    pool_size = settings.worker_connections
-    backends: list[Backend] = [OllamaBackend(url, timeouts=timeouts, pool_size=pool_size)
-                               for url in settings.ollama_url]
-    backends += [OpenAIBackend(url, timeouts=timeouts, pool_size=pool_size,
-                               api_key=settings.openai_api_key)
-                 for url in settings.openai_url]
-    if not backends:
+    catalog = catalog or build_catalog(settings)
+    backends = catalog.backends()
+    if not backends and not catalog.dynamic:
         raise ConfigError("No backend: set GATEWAY_OLLAMA_URL or GATEWAY_OPENAI_URL.")
+    if not backends:  # a headless Service with no ready pod yet: found by the DNS poller
+        log.warning("No backend address resolves yet; /readyz answers 503 until one does")
     return backends
 
 
-def build_router(settings: Settings) -> Router:
+def build_router(settings: Settings, catalog: Catalog | None = None) -> Router:
     """Create the backend pool and the router that fails over between its backends."""
-    backends = build_backends(settings)
+    backends = build_backends(settings, catalog)
     cap = settings.backend_max_concurrency
     # Each worker admits its share of a backend's slots, so all workers together
     # keep within the cap without talking to each other.
@@ -81,20 +97,26 @@ def build_router(settings: Settings) -> Router:
                        breaker_failures=settings.breaker_failures,
                        breaker_cooldown=settings.breaker_cooldown,
                        routing=settings.routing, prefix_balance=settings.prefix_balance)
-    return Router(pool, timeouts=backends[0].timeouts, max_attempts=settings.max_attempts,
+    return Router(pool, timeouts=build_timeouts(settings), max_attempts=settings.max_attempts,
                   prefix_chars=settings.prefix_chars)
 
 
 FIRST_PROBE_WAIT = 2.0  # seconds; a backend slower than that to answer is learnt later
 
 
-def residency_poll(backends: list[Backend]) -> Callable[[], None]:
-    """Return one poll of the GPU gauges and each Ollama server's loaded models."""
-    polls = [backend_poll(b.base_url, b.loaded_models, metrics.BACKEND_UP)
-             for b in backends if isinstance(b, OllamaBackend)]
+def residency_poll(backends: Callable[[], list[Backend]]) -> Callable[[], None]:
+    """Return one poll of the GPU gauges and the loaded models of each Ollama server that
+    ``backends()`` lists then."""
+    polls: dict[str, Callable[[], None]] = {}
 
     def poll() -> None:
-        for one in polls:
+        # A backend keeps its poll (its residency gauges) while DNS keeps it.
+        kept = {b.base_url: polls.get(b.base_url)
+                or backend_poll(b.base_url, b.loaded_models, metrics.BACKEND_UP)
+                for b in backends() if isinstance(b, OllamaBackend)}
+        polls.clear()
+        polls.update(kept)
+        for one in kept.values():
             one()
 
     return poll
@@ -102,19 +124,22 @@ def residency_poll(backends: list[Backend]) -> Callable[[], None]:
 
 def build_state(settings: Settings) -> GatewayState:
     """Create the router, service, key store and pollers that one gateway uses."""
-    router = build_router(settings)
+    catalog = build_catalog(settings)
+    router = build_router(settings, catalog)
     service = InferenceService(router, default_model=settings.default_model,
                                models_cache_seconds=settings.models_cache_seconds,
                                ledger=build_ledger(settings),
                                log_prompts=settings.log_prompts)
     keys = None if settings.auth_disabled else KeyStore(
         settings.api_keys, settings.api_keys_file)
-    backends = [node.backend for node in router.pool.nodes]
-    pollers = (Poller(residency_poll(backends), settings.poll_seconds),
+    pollers = (Poller(residency_poll(lambda: [n.backend for n in router.pool.nodes]),
+                      settings.poll_seconds),
                # A worker's first requests wait for its first probe (model lists,
                # residency), so none goes to a backend that lacks its model.
                Poller(router.probe_all, settings.probe_seconds, exclusive=False,
                       first_wait=FIRST_PROBE_WAIT))
+    if catalog.dynamic:  # dns+ URLs: each worker's pool follows what their names resolve to
+        pollers += (Poller(follow(catalog, router.pool), settings.dns_seconds, exclusive=False),)
     return GatewayState(settings=settings, service=service, keys=keys, pollers=pollers)
 
 
