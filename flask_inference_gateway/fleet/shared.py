@@ -193,12 +193,16 @@ class Keeper:
             threading.Thread(target=self._run, name="gateway-lease-keeper", daemon=True).start()
 
     def _run(self) -> None:
+        failing = False
         while True:
             time.sleep(self.interval)
             try:
                 self.admission.renew()
+                failing = False
             except Exception as exc:  # Redis down: the leases may lapse; admission copes
-                log.warning("could not renew backend slots in Redis: %s", exc)
+                if not failing:
+                    log.warning("could not renew backend slots in Redis: %s", exc)
+                failing = True
 
 
 class Listener:
