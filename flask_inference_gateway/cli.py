@@ -1,29 +1,52 @@
-"""``flask --app wsgi keys ...``: create, list and revoke API keys in the key file."""
+"""``flask --app wsgi keys ...``: create, list, revoke and import API keys.
+
+Every command works on the store GATEWAY_KEYS_BACKEND names: the key file
+(GATEWAY_API_KEYS_FILE) or Redis (GATEWAY_REDIS_URL), shared by every replica.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import click
 from flask.cli import AppGroup
 
 from flask_inference_gateway.api.state import gateway
+from flask_inference_gateway.core.parse import parse_limit
 from flask_inference_gateway.security.keys import (
+    EntryStore,
     KeyEntry,
+    StoreUnavailable,
     hash_key,
     new_key,
     read_key_file,
-    write_key_file,
 )
-from flask_inference_gateway.core.parse import parse_limit
-
-keys_cli = AppGroup("keys", help="Manage the gateway's API keys (GATEWAY_API_KEYS_FILE).")
+from flask_inference_gateway.security.keystores import KeyExists, open_entries
 
 
-def key_file() -> str:
-    """Return the configured key file, or stop with a clear message."""
-    path = gateway().settings.api_keys_file
-    if not path:
-        raise click.ClickException("GATEWAY_API_KEYS_FILE is empty: set it to a file path.")
-    return path
+class KeysGroup(AppGroup):
+    """The ``keys`` commands; a key store that does not answer is one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand, turning a store outage into a clear error."""
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as exc:
+            raise click.ClickException(f"the key store cannot be reached: {exc}") from None
+
+
+keys_cli = KeysGroup("keys", help="Manage the gateway's API keys (GATEWAY_KEYS_BACKEND: "
+                                  "the key file, or Redis).")
+
+
+def entry_store() -> EntryStore:
+    """Return the configured key store, or stop with a clear message."""
+    store = open_entries(gateway().settings)
+    if store is None:
+        raise click.ClickException("GATEWAY_API_KEYS_FILE is empty: set it to a file path, "
+                                   "or set GATEWAY_KEYS_BACKEND=redis.")
+    return store
 
 
 def check_limit(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -36,14 +59,20 @@ def check_limit(_ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(str(exc)) from None
 
 
-def create_entry(path: str, name: str, **settings: object) -> str:
+def check_weight(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """Validate a --weight option: a finite number above 0."""
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"{value} is not a number above 0.")
+    return value
+
+
+def create_entry(store: EntryStore, name: str, **settings: Any) -> str:
     """Store a new key named ``name`` and return the key itself."""
-    entries = read_key_file(path)
-    if any(entry.name == name for entry in entries):
-        raise click.ClickException(f"a key named {name!r} exists; revoke it first")
     raw = new_key()
-    entries.append(KeyEntry(name=name, hash=hash_key(raw), **settings))  # type: ignore[arg-type]
-    write_key_file(path, entries)
+    try:
+        store.add(KeyEntry(name=name, hash=hash_key(raw), **settings))
+    except KeyExists:
+        raise click.ClickException(f"a key named {name!r} exists; revoke it first") from None
     return raw
 
 
@@ -55,31 +84,40 @@ def create_entry(path: str, name: str, **settings: object) -> str:
 @click.option("--max-streams", type=click.IntRange(min=0), help="Concurrent streams.")
 @click.option("--admin", is_flag=True, help="May manage models (Ollama's /api/pull, /api/delete, "
                                              "/api/create, /api/copy, /api/push).")
+@click.option("--weight", type=float, default=1.0, show_default=True, callback=check_weight,
+              help="Share of backend slots while requests queue, against other keys' weights.")
+@click.option("--priority", is_flag=True, help="Queued requests go before other keys' ones.")
 def create(name: str, models: str | None, rate: str | None, tokens_per_minute: int | None,
-           max_streams: int | None, admin: bool) -> None:
+           max_streams: int | None, admin: bool, weight: float, priority: bool) -> None:
     """Create a key and print it once; only its hash is stored."""
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    raw = create_entry(key_file(), name, models=model_list, rate_limit=rate,
-                       tokens_per_minute=tokens_per_minute, max_streams=max_streams, admin=admin)
+    raw = create_entry(entry_store(), name, models=model_list, rate_limit=rate,
+                       tokens_per_minute=tokens_per_minute, max_streams=max_streams,
+                       admin=admin, weight=weight, priority=priority)
     click.echo(f"Created key {name!r}. Store it now; it is not shown again:\n{raw}")
 
 
 @keys_cli.command("ensure")
 def ensure() -> None:
     """Create and print a first key named 'default' when no key exists yet."""
-    path = key_file()
-    if read_key_file(path) or gateway().settings.api_keys:
-        click.echo(f"API keys exist in {path} or GATEWAY_API_KEYS; none created.")
+    store = entry_store()
+    if store.entries() or gateway().settings.api_keys:
+        click.echo(f"API keys exist in {store.where} or GATEWAY_API_KEYS; none created.")
         return
-    raw = create_entry(path, "default")
-    click.echo(f"Created the first API key 'default' in {path}. Store it now; it is not "
+    try:
+        raw = new_key()
+        store.add(KeyEntry(name="default", hash=hash_key(raw)))
+    except KeyExists:  # another replica's 'ensure' was first
+        click.echo(f"API keys exist in {store.where}; none created.")
+        return
+    click.echo(f"Created the first API key 'default' in {store.where}. Store it now; it is not "
                f"shown again:\n{raw}\nUse it as: curl -H 'Authorization: Bearer {raw}' ...")
 
 
 @keys_cli.command("list")
 def list_keys() -> None:
     """List key names and settings (never the keys or their hashes)."""
-    entries = read_key_file(key_file())
+    entries = entry_store().entries()
     if not entries:
         click.echo("No keys.")
     for entry in entries:
@@ -87,17 +125,36 @@ def list_keys() -> None:
                    f"\trate={entry.rate_limit or 'default'}"
                    f"\ttokens/min={entry.tokens_per_minute or 'default'}"
                    f"\tstreams={entry.max_streams or 'default'}"
-                   f"\tadmin={'yes' if entry.admin else 'no'}\tcreated={entry.created_at}")
+                   f"\tadmin={'yes' if entry.admin else 'no'}"
+                   f"\tweight={entry.weight:g}\tpriority={'yes' if entry.priority else 'no'}"
+                   f"\tcreated={entry.created_at}")
 
 
 @keys_cli.command("revoke")
 @click.argument("name")
 def revoke(name: str) -> None:
     """Delete the key named NAME; running gateways stop accepting it within a second."""
-    path = key_file()
-    entries = read_key_file(path)
-    kept = [entry for entry in entries if entry.name != name]
-    if len(kept) == len(entries):
+    if not entry_store().remove(name):
         raise click.ClickException(f"no key named {name!r}")
-    write_key_file(path, kept)
     click.echo(f"Revoked {name!r}.")
+
+
+@keys_cli.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def import_keys(path: str) -> None:
+    """Copy the keys of the key file PATH into the configured store; names there are kept."""
+    try:
+        entries = read_key_file(path)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise click.ClickException(f"{path} is not a key file: {exc}") from None
+    store = entry_store()
+    skipped = []
+    for entry in entries:
+        try:
+            store.add(entry)
+        except KeyExists:
+            skipped.append(entry.name)
+    imported = len(entries) - len(skipped)
+    click.echo(f"Imported {imported} keys from {path} into {store.where}; skipped "
+               f"{len(skipped)} that exist there" + (f": {', '.join(skipped)}." if skipped
+                                                     else "."))

@@ -27,6 +27,7 @@ from flask_inference_gateway.routing.discovery import Catalog, Discovery, follow
 from flask_inference_gateway.routing.pool import Backend, BackendPool
 from flask_inference_gateway.routing.router import Router
 from flask_inference_gateway.security.keys import KeyStore
+from flask_inference_gateway.security.keystores import open_entries
 from flask_inference_gateway.security.limits import build_limiter
 from flask_inference_gateway.security.usage import MemoryCounters, RedisCounters, UsageLedger
 from flask_inference_gateway.service import InferenceService
@@ -130,8 +131,9 @@ def build_state(settings: Settings) -> GatewayState:
                                models_cache_seconds=settings.models_cache_seconds,
                                ledger=build_ledger(settings),
                                log_prompts=settings.log_prompts)
+    entries = open_entries(settings)  # a Redis backend without GATEWAY_REDIS_URL: ConfigError
     keys = None if settings.auth_disabled else KeyStore(
-        settings.api_keys, settings.api_keys_file)
+        settings.api_keys, entries, fail_open=settings.redis_fail_open)
     pollers = (Poller(residency_poll(lambda: [n.backend for n in router.pool.nodes]),
                       settings.poll_seconds),
                # A worker's first requests wait for its first probe (model lists,

@@ -1,7 +1,8 @@
-"""API keys: named principals, stored only as SHA-256 hashes, re-read when the file changes."""
+"""API keys: named principals, stored only as SHA-256 hashes, reloaded when their store changes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -10,17 +11,20 @@ import os
 import secrets
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
+from flask_inference_gateway.core.errors import LimitsUnavailable
 from flask_inference_gateway.core.types import Caller
+from flask_inference_gateway.fleet.store import Outage
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "gw-"
 RELOAD_CHECK_SECONDS = 1.0
 INDEX_CHARS = 15  # "sha256:" and 8 hex digits
+KEYS_UNAVAILABLE = "The API key store cannot be reached; retry shortly."
 
 
 def hash_key(raw: str) -> str:
@@ -59,7 +63,7 @@ class Principal:
 
 @dataclass
 class KeyEntry:
-    """One named key as the key file stores it."""
+    """One named key as a key store holds it: its hash and settings, never the key."""
 
     name: str
     hash: str
@@ -68,13 +72,26 @@ class KeyEntry:
     tokens_per_minute: int | None = None
     max_streams: int | None = None
     admin: bool = False
+    weight: float = 1.0
+    priority: bool = False
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyEntry:
+        """Build an entry from its stored form; fields a newer gateway added are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the entry's stored form."""
+        return asdict(self)
 
     def principal(self) -> Principal:
         """Return the principal this entry authenticates."""
         return Principal(self.name, frozenset(self.models) if self.models else None,
-                         self.rate_limit, self.tokens_per_minute, self.max_streams, self.admin)
+                         self.rate_limit, self.tokens_per_minute, self.max_streams, self.admin,
+                         float(self.weight), self.priority)
 
 
 def read_key_file(path: str) -> list[KeyEntry]:
@@ -84,7 +101,7 @@ def read_key_file(path: str) -> list[KeyEntry]:
             data = json.load(handle)
     except FileNotFoundError:
         return []
-    return [KeyEntry(**entry) for entry in data.get("keys", [])]
+    return [KeyEntry.from_dict(entry) for entry in data.get("keys", [])]
 
 
 def write_key_file(path: str, entries: list[KeyEntry]) -> None:
@@ -93,7 +110,7 @@ def write_key_file(path: str, entries: list[KeyEntry]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"keys": [asdict(e) for e in entries]}, handle, indent=2)
+            json.dump({"keys": [e.to_dict() for e in entries]}, handle, indent=2)
             handle.write("\n")
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
@@ -116,44 +133,83 @@ def parse_env_keys(raw: str) -> dict[str, Principal]:
     return found
 
 
-class KeyStore:
-    """Authenticate raw keys against the environment's keys and the key file."""
+class StoreUnavailable(Exception):
+    """A shared key store (Redis) did not answer; the message names it, never a secret."""
 
-    def __init__(self, env_keys: str, key_file: str) -> None:
-        self.key_file = key_file
+
+class EntryStore(Protocol):
+    """Where named key entries live (security/keystores.py: a key file, or Redis)."""
+
+    where: str  # for messages and logs: a path or a URL without its password
+
+    def stamp(self) -> object:
+        """Return a value that changes whenever the entries change."""
+
+    def load(self) -> tuple[object, list[KeyEntry]]:
+        """Return the stamp and the entries, read together."""
+
+    def entries(self) -> list[KeyEntry]:
+        """Return every entry."""
+
+    def add(self, entry: KeyEntry) -> None:
+        """Store a new entry; raise KeyExists when its name or hash is taken."""
+
+    def remove(self, name: str) -> bool:
+        """Delete the entry named ``name``; return whether there was one."""
+
+
+class KeyStore:
+    """Authenticate raw keys against the environment's keys and an entry store.
+
+    The store is checked at most once a second and reloaded when its stamp
+    changed. When it cannot be reached, the keys loaded last stay in force; a
+    store never loaded fails closed (503) when ``fail_open`` is false.
+    """
+
+    def __init__(self, env_keys: str, source: EntryStore | None = None, *,
+                 fail_open: bool = True) -> None:
+        self.source = source
+        self.fail_open = fail_open
         self._env = parse_env_keys(env_keys)
-        self._file: dict[str, Principal] = {}
+        self._stored: dict[str, Principal] = {}
         self._index: dict[str, list[tuple[str, Principal]]] = {}
-        self._file_stamp: tuple[float, int] | None = None
+        self._stamp: object = None
+        self._loaded = source is None  # no store: nothing to load
+        self._unreachable = False
+        self._outage = Outage(f"API keys in {source.where if source else 'none'}",
+                              fail_open=fail_open)
         self._next_check = 0.0
         self._build_index()
         self.reload()
 
     def _build_index(self) -> None:
         index: dict[str, list[tuple[str, Principal]]] = {}
-        for table in (self._env, self._file):
+        for table in (self._env, self._stored):
             for stored, principal in table.items():
                 index.setdefault(stored[:INDEX_CHARS], []).append((stored, principal))
         self._index = index
 
     @property
     def empty(self) -> bool:
-        """Return whether no key at all is configured."""
+        """Return whether no key at all is configured (a store not read yet may hold some)."""
         self._maybe_reload()
-        return not self._env and not self._file
+        return not self._env and not self._stored and self._loaded
 
     def authenticate(self, raw: str) -> Principal | None:
         """Return the principal whose key is ``raw``, or None.
 
         Candidates are found by the first bytes of the key's SHA-256 digest
         (which say nothing useful about any key); the whole digest is then
-        checked with a constant-time comparison.
+        checked with a constant-time comparison. Raises LimitsUnavailable for
+        an unknown key while a store never loaded is unreachable (fail closed).
         """
         self._maybe_reload()
         digest = hash_key(raw)
         for stored, principal in self._index.get(digest[:INDEX_CHARS], ()):
             if hmac.compare_digest(stored, digest):
                 return principal
+        if self._unreachable and not self._loaded and not self.fail_open:
+            raise LimitsUnavailable(KEYS_UNAVAILABLE)
         return None
 
     def _maybe_reload(self) -> None:
@@ -163,27 +219,39 @@ class KeyStore:
             self.reload()
 
     def reload(self) -> None:
-        """Re-read the key file if it changed; keep the old keys if it is unreadable."""
-        if not self.key_file:
+        """Reload the entries if their store changed; keep the old ones if it fails."""
+        if self.source is None:
             return
         try:
-            stat = os.stat(self.key_file)
-            stamp: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._file_stamp:
+            if self._loaded and self.source.stamp() == self._stamp:
+                self._store_answered()
+                return
+            stamp, entries = self.source.load()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
             return
-        try:
-            entries = read_key_file(self.key_file)
-        except (OSError, ValueError, TypeError) as exc:
-            log.error("key file %s is unreadable, keeping the previous keys: %s",
-                      self.key_file, exc)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.error("API keys in %s are unreadable, keeping the previous keys: %s",
+                      self.source.where, exc)
             return
-        self._file = {entry.hash: entry.principal() for entry in entries}
-        self._file_stamp = stamp
+        self._store_answered()
+        self._stored = {entry.hash: entry.principal() for entry in entries}
+        self._stamp, self._loaded = stamp, True
         self._build_index()
-        log.info("loaded %d API keys from %s", len(self._file), self.key_file)
+        log.info("loaded %d API keys from %s", len(self._stored), self.source.where)
+
+    def _store_answered(self) -> None:
+        self._unreachable = False
+        self._outage.recovered()
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        self._unreachable = True
+        # Keys loaded before the outage stay valid, so only a store never loaded
+        # fails closed; the warning (once per outage) says which applies.
+        self._outage.fail_open = self.fail_open or self._loaded
+        with contextlib.suppress(LimitsUnavailable):  # raised to requests by authenticate
+            self._outage.failed(exc)
 
     def describe(self) -> dict[str, Any]:
         """Return counts for logs and readiness output (never keys or hashes)."""
-        return {"env_keys": len(self._env), "file_keys": len(self._file)}
+        return {"env_keys": len(self._env), "stored_keys": len(self._stored)}
