@@ -38,7 +38,7 @@ STATUS_MESSAGES = {
     500: MODEL_ERROR_MSG,
     503: BUSY_MSG,
 }
-STAT_KEYS = ("requests", "completed", "cancelled", "active", "errors")
+STAT_KEYS = ("requests", "completed", "cancelled", "active", "errors", "peak")
 THOUGHTS = ["Let me think.", " Done thinking."]
 TOOL_ARGUMENTS = {"city": "Paris"}
 TOOL_CALL_ID = "call_fake0"
@@ -251,6 +251,7 @@ class FakeOllama:
         with self._lock:
             self._stats["requests"] += 1
             self._stats["active"] += 1
+            self._stats["peak"] = max(self._stats["peak"], self._stats["active"])
 
     def end(self, outcome: str) -> None:
         """Count a request as finished with outcome completed, cancelled or errors."""

@@ -71,7 +71,8 @@ def test_non_stream(fake: FakeOllama, session: requests.Session, path, body, tex
     assert data["done"] is True and data["done_reason"] == "stop"
     assert data["eval_count"] == 8 and data["prompt_eval_count"] == 3
     assert {"total_duration", "load_duration", "prompt_eval_duration", "eval_duration"} <= set(data)
-    assert fake.stats == {"requests": 1, "completed": 1, "cancelled": 0, "active": 0, "errors": 0}
+    assert fake.stats == {"requests": 1, "completed": 1, "cancelled": 0, "active": 0, "errors": 0,
+                          "peak": 1}
     assert fake.requests_seen[0]["path"] == path
 
 

@@ -72,9 +72,7 @@ class SharedAdmission:
     def admit(self, want: Want) -> Grant:
         """Take a slot on the first backend with room anywhere in the fleet, or wait in turn."""
         lease = f"{self.me}:{next(self._ids)}"
-        caller = want.caller
-        args = [lease, caller.name, caller.weight, int(caller.priority), self.cap, self.ttl_ms,
-                int(len(self._queued) < self.queue_size), self.channel, *want.backends]
+        args = self._admit_args(lease, want)
         self._listener.ensure_running()
         event = threading.Event()
         self._waiting[lease] = event  # before the script: a wake may come at once
@@ -93,6 +91,12 @@ class SharedAdmission:
             self._waiting.pop(lease, None)
             self._queued.discard(lease)
 
+    def _admit_args(self, lease: str, want: Want) -> list[Any]:
+        """Return the ADMIT script's arguments for ``want``."""
+        caller = want.caller
+        return [lease, caller.name, caller.weight, int(caller.priority), self.cap, self.ttl_ms,
+                int(len(self._queued) < self.queue_size), self.channel, *want.backends]
+
     def _hold(self, lease: str, backend: str) -> Grant:
         """Note a lease this process must renew, and return it as a grant."""
         with self._lock:
@@ -103,12 +107,14 @@ class SharedAdmission:
     def _wait(self, lease: str, event: threading.Event, want: Want) -> Grant:
         """Wait for a wake or a poll to find the ticket granted; leave on timeout or exit."""
         until = min(want.until, time.monotonic() + self.queue_timeout)
-        next_poll = time.monotonic() + 1.0
+        # Each poll renews the ticket: poll well within its life.
+        every = min(1.0, self.ttl_ms / 3000)
+        next_poll = time.monotonic() + every
         while True:
             woken = event.wait(max(0.0, min(POLL_SECONDS, until - time.monotonic())))
             if woken or time.monotonic() >= next_poll:
                 event.clear()
-                next_poll = time.monotonic() + 1.0
+                next_poll = time.monotonic() + every
                 granted = self._poll(lease, want)
                 if granted is not None:
                     return granted
@@ -124,6 +130,11 @@ class SharedAdmission:
         state, value = (part.decode() for part in answer)
         if state == "granted":
             return self._hold(lease, value)
+        if state == "lost":  # its ticket lapsed (this process stalled): queue it again
+            again = self.outage.call(self._run, "ADMIT", *self._admit_args(lease, want),
+                                     default=None)
+            if again and again[0] == b"granted":
+                return self._hold(lease, again[1].decode())
         return None
 
     def _leave(self, lease: str, want: Want) -> Grant:

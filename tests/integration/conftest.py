@@ -1,12 +1,14 @@
-"""Fixtures of the integration tests: a throwaway Redis, a fake Ollama per module."""
+"""Fixtures of the integration tests: a throwaway Redis, fake backends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 
 import pytest
 
 from tests.fake_ollama import FakeOllama
+from tests.fake_openai import FakeOpenAI
 from tests.integration.redis_server import AVAILABLE, RedisServer
 
 
@@ -35,3 +37,13 @@ def module_fake() -> Iterator[FakeOllama]:
     """Run the fake Ollama that this module's gateway calls."""
     with FakeOllama(tokens=8) as fake:
         yield fake
+
+
+@pytest.fixture
+def fakes() -> Iterator[Callable[..., FakeOllama]]:
+    """Return a starter of fake backends (Ollama, or OpenAI with openai=True); all stop after."""
+    with ExitStack() as stack:
+        def start(openai: bool = False, **kwargs: object) -> FakeOllama:
+            kind = FakeOpenAI if openai else FakeOllama
+            return stack.enter_context(kind(**{"tokens": 4, **kwargs}))  # type: ignore[arg-type]
+        yield start

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 
 import pytest
 
 from tests.conftest import GatewayProcess, free_port
 from tests.fake_ollama import FakeOllama
-from tests.fake_openai import FakeOpenAI
 from tests.integration.test_gunicorn import (
     Reply,
     body_for,
@@ -28,16 +25,6 @@ from tests.integration.test_gunicorn import (
 GENERATE, STREAM = "/v1/generate", "/v1/generate/stream"
 # Probes off unless a test turns them on: routing then follows only passive signals.
 QUIET = {"GATEWAY_PROBE_SECONDS": "0"}
-
-
-@pytest.fixture
-def fakes() -> Iterator[Callable[..., FakeOllama]]:
-    """Return a starter of fake backends (Ollama, or OpenAI with openai=True); all stop after."""
-    with ExitStack() as stack:
-        def start(openai: bool = False, **kwargs: object) -> FakeOllama:
-            kind = FakeOpenAI if openai else FakeOllama
-            return stack.enter_context(kind(**{"tokens": 4, **kwargs}))  # type: ignore[arg-type]
-        yield start
 
 
 def urls(*fakes: FakeOllama) -> str:
