@@ -243,3 +243,15 @@ def test_a_gateway_starts_before_its_dns_name_resolves(monkeypatch: pytest.Monke
     monkeypatch.setattr(discovery_module, "resolve_host", FakeDNS())
     state = build_state(gateway_settings("dns+http://ollama:11434"))
     assert state.service.router.pool.nodes == []
+
+
+def test_a_request_reaches_the_address_the_name_resolves_to(
+        make_client: Any, fake_ollama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discovery_module, "resolve_host", FakeDNS(ollama=["127.0.0.1"]))
+    client = make_client(GATEWAY_OLLAMA_URL=f"dns+http://ollama:{fake_ollama.port}")
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert [b["url"] for b in ready.get_json()["backends"]] == [fake_ollama.url]
+    answer = client.post("/v1/generate", json={"prompt": "Hi", "max_tokens": 4})
+    assert answer.status_code == 200 and answer.get_json()["text"]
+    assert len(fake_ollama.requests_seen) == 1
