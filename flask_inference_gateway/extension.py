@@ -21,6 +21,7 @@ from flask_inference_gateway.api.errors import handle_error
 from flask_inference_gateway.api.state import EXTENSION_KEY, GatewayState
 from flask_inference_gateway.cli import keys_cli
 from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.fleet.store import connect
 from flask_inference_gateway.observability import metrics
 from flask_inference_gateway.observability.gpu import Poller, backend_poll
 from flask_inference_gateway.routing.discovery import Catalog, Discovery, follow
@@ -43,7 +44,8 @@ def build_ledger(settings: Settings) -> UsageLedger | None:
     if settings.rate_limit_disabled:
         return None
     url = settings.redis_url
-    counters = RedisCounters(url, settings.redis_timeout) if url else MemoryCounters()
+    counters = (RedisCounters(connect(url, settings.redis_timeout)) if url
+                else MemoryCounters())
     if not url and settings.workers > 1:
         log.warning("GATEWAY_REDIS_URL is not set: rate limits, token budgets and stream caps "
                     "are counted per worker (%d workers), not for the whole gateway",
@@ -130,6 +132,7 @@ def build_state(settings: Settings) -> GatewayState:
     service = InferenceService(router, default_model=settings.default_model,
                                models_cache_seconds=settings.models_cache_seconds,
                                ledger=build_ledger(settings),
+                               max_tokens=settings.max_tokens,
                                log_prompts=settings.log_prompts)
     entries = open_entries(settings)  # a Redis backend without GATEWAY_REDIS_URL: ConfigError
     keys = None if settings.auth_disabled else KeyStore(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from flask_inference_gateway.core.errors import Forbidden, GatewayError
@@ -24,7 +25,7 @@ from flask_inference_gateway.core.types import (
 from flask_inference_gateway.observability import context, metrics
 from flask_inference_gateway.routing.router import RoutedStream, Router
 from flask_inference_gateway.security.keys import Principal
-from flask_inference_gateway.security.usage import UsageLedger
+from flask_inference_gateway.security.usage import Reservation, UsageLedger, estimate_tokens
 from flask_inference_gateway.upstream.stream import TokenStream
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,11 @@ class InferenceService:
 
     def __init__(self, router: Router, *, default_model: str,
                  models_cache_seconds: float, ledger: UsageLedger | None = None,
-                 log_prompts: bool = False) -> None:
+                 max_tokens: int = 4096, log_prompts: bool = False) -> None:
         self.router = router
         self.default_model = default_model
         self.ledger = ledger
+        self.max_tokens = max_tokens  # GATEWAY_MAX_TOKENS: a request's worst case without one
         self.log_prompts = log_prompts
         self.models_cache_seconds = models_cache_seconds
         self._models: list[dict[str, Any]] = []
@@ -96,22 +98,44 @@ class InferenceService:
                             allowed_models=sorted(principal.models or ()))
         return model
 
-    def _admit(self, request: Request, principal: Principal) -> Request:
-        """Fill in the default model; refuse a model or budget the key does not have."""
+    def _admit(self, request: Request, principal: Principal) -> tuple[Request, Reservation]:
+        """Fill in the default model; refuse a model the key may not use; reserve its tokens."""
         request = request.with_model(self.resolve_model(request.model, principal))
-        if self.ledger:
-            self.ledger.check_tokens(principal)
+        request, reservation = self._reserve(request, principal)
         context.note_model(request.model)
         if self.log_prompts and isinstance(request, GenerationRequest):
             context.note_prompt(request.loggable_prompt())
-        return request
+        return request, reservation
+
+    def _reserve(self, request: Request, principal: Principal) -> tuple[Request, Reservation]:
+        """Reserve the request's worst case in the key's budget (429 when it does not fit).
+
+        A generation larger than the whole budget gets its max_tokens clamped
+        to what the reservation holds, so it never spends more than that.
+        """
+        if self.ledger is None:
+            return request, Reservation(0)
+        if isinstance(request, EmbeddingRequest):
+            return request, self.ledger.reserve(principal, estimate_tokens(request.inputs))
+        wanted = request.options.max_tokens if request.options.max_tokens > 0 else self.max_tokens
+        reservation = self.ledger.reserve(principal, request.estimate_prompt_tokens(), wanted)
+        if reservation.max_tokens != request.options.max_tokens:
+            request = replace(request, options=replace(request.options,
+                                                       max_tokens=reservation.max_tokens))
+        return request, reservation
 
     def complete(self, request: GenerationRequest, principal: Principal,
                  gone: Callable[[], bool] = never_gone) -> Completion:
         """Run a generation to its end: streamed from the backend, answered whole."""
-        request = self._admit(request, principal)
-        settle = self._charger(principal, _release_nothing, request.estimate_prompt_tokens())
-        with Generation(self.router.open_stream(request, gone), self.router, settle) as whole:
+        request, reservation = self._admit(request, principal)
+        settle = self._charger(principal, _release_nothing, reservation,
+                               request.estimate_prompt_tokens())
+        try:
+            routed = self.router.open_stream(request, gone)
+        except BaseException:
+            reservation.settle(0)  # no token came back: the whole reservation goes back
+            raise
+        with Generation(routed, self.router, settle) as whole:
             completion = whole.stream.collect(gone)
         context.note_usage(completion.usage)
         if self.log_prompts:
@@ -121,25 +145,32 @@ class InferenceService:
     def embed(self, request: EmbeddingRequest, principal: Principal,
               gone: Callable[[], bool] = never_gone) -> Embeddings:
         """Embed the request's inputs."""
-        embeddings = self.router.embed(self._admit(request, principal), gone)
+        request, reservation = self._admit(request, principal)
+        try:
+            embeddings = self.router.embed(request, gone)
+        except BaseException:
+            reservation.settle(0)
+            raise
+        reservation.settle(embeddings.prompt_tokens)
         context.note_usage(Usage(embeddings.prompt_tokens, 0))
-        if self.ledger:
-            self.ledger.charge(principal, embeddings.prompt_tokens)
         return embeddings
 
     def stream(self, request: GenerationRequest, principal: Principal,
                gone: Callable[[], bool] = never_gone) -> Generation:
         """Start and prime a streamed generation; the caller owns (closes) what it returns."""
-        request = self._admit(request, principal)
-        release = self.ledger.open_stream(principal) if self.ledger else _release_nothing
+        request, reservation = self._admit(request, principal)
+        release = _release_nothing
         try:
+            if self.ledger:
+                release = self.ledger.open_stream(principal)
             routed = self.router.open_stream(request, gone)
         except BaseException:
+            reservation.settle(0)  # no token came back: the whole reservation goes back
             release()
             raise
         routed.stream.keep_text = self.log_prompts
         metrics.STREAMS.inc()
-        charge = self._charger(principal, release, request.estimate_prompt_tokens())
+        charge = self._charger(principal, release, reservation, request.estimate_prompt_tokens())
 
         def settle(stream: TokenStream) -> None:
             try:
@@ -150,22 +181,25 @@ class InferenceService:
         return Generation(routed, self.router, settle)
 
     def _charger(self, principal: Principal, release: Callable[[], None],
-                 prompt_estimate: int) -> Callable[[TokenStream], None]:
-        """Return the settling of a closed stream: its slot back, its tokens charged.
+                 reservation: Reservation, prompt_estimate: int) -> Callable[[TokenStream], None]:
+        """Return the settling of a closed stream: its slot back, then its reservation.
 
-        A stream cut short is charged its prompt's estimate and the pieces relayed.
+        The reservation keeps what the stream used and gives back the rest: the
+        backend's usage when it finished, else (cut short) the prompt's estimate
+        and the pieces relayed.
         """
-        ledger = self.ledger
-        if ledger is None:
+        if self.ledger is None:
             return nothing_to_settle
 
         def settle(stream: TokenStream) -> None:
             usage = stream.usage if stream.finished else Usage(prompt_estimate, stream.pieces)
             try:
                 release()
-                ledger.charge(principal, usage.total)
             except GatewayError as exc:  # the stream is over: log what could not be settled
-                log.warning("could not charge %s for a stream: %s", principal.name, exc.message)
+                log.warning("could not give back a stream slot of %s: %s", principal.name,
+                            exc.message)
+            finally:
+                reservation.settle(usage.total)
 
         return settle
 
