@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 
 WORKDIR /srv/gateway
 COPY setup.cfg pyproject.toml README.md ./
+COPY flask_inference_gateway ./flask_inference_gateway
 COPY app ./app
 RUN pip install --no-cache-dir '.[gpu]' && useradd --system gateway
 COPY gunicorn.conf.py wsgi.py ./

@@ -34,8 +34,11 @@ def test_the_distribution_installs_only_the_library() -> None:
 def host_server(fake_ollama: FakeOllama, tmp_path: Path) -> Iterator[str]:
     """Run the host project under gunicorn + gevent from its own folder."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(HOST_OLLAMA_URL=fake_ollama.url, PROMETHEUS_MULTIPROC_DIR="")
+    # Not even an empty PROMETHEUS_MULTIPROC_DIR: prometheus_client would then write its
+    # files into the current folder (the host project's source tree).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PROMETHEUS_MULTIPROC_DIR")}
+    env.update(HOST_OLLAMA_URL=fake_ollama.url)
     log_path = tmp_path / "host.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -57,6 +60,11 @@ def host_server(fake_ollama: FakeOllama, tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_the_host_project_stays_clean(host_server: str) -> None:
+    requests.post(host_server + "/ai/v1/generate", timeout=10, json={"prompt": "hi"})
+    assert not list(HOST.glob("*.db")), "metrics files were written into the host project"
 
 
 def test_the_hosts_app_package_is_its_own(host_server: str) -> None:

@@ -73,8 +73,7 @@ def test_app_config_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_reference_table_in_the_docs_is_current() -> None:
-    # Regenerate with: python -c "from flask_inference_gateway.settings import
-    # markdown_table; print(markdown_table())"
+    # Regenerate with: python3 scripts/gen_config_table.py
     assert markdown_table() in DOCS.read_text()
 
 

@@ -4,7 +4,7 @@ A slot is a lease with a short life (GATEWAY_LEASE_SECONDS) that its
 process renews every third of it, so a worker killed by SIGKILL frees its
 slots within one lease. A waiting request is woken when a slot frees
 anywhere: the releasing script publishes its ticket on the owner's channel,
-and one listener per process wakes it. It also polls about once a second
+and the process's bus (bus.py) wakes it. It also polls about once a second
 (which keeps its ticket alive), so a lost message costs a second, no more.
 
 When Redis cannot be reached, the outage policy decides: fail open falls
@@ -31,6 +31,7 @@ from flask_inference_gateway.fleet.admission import (
     queue_full,
     waited_too_long,
 )
+from flask_inference_gateway.fleet.bus import bus_for
 from flask_inference_gateway.fleet.store import Outage, instance_id
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class SharedAdmission:
         self._held: dict[str, str] = {}  # lease id -> backend, renewed by the keeper
         self._lock = threading.Lock()
         self._keeper = Keeper(self, lease_seconds / 3)
-        self._listener = Listener(self)
+        self._listening = False
 
     def _run(self, name: str, *args: Any) -> Any:
         """Run one script with the prefix as its first argument."""
@@ -73,7 +74,9 @@ class SharedAdmission:
         """Take a slot on the first backend with room anywhere in the fleet, or wait in turn."""
         lease = f"{self.me}:{next(self._ids)}"
         args = self._admit_args(lease, want)
-        self._listener.ensure_running()
+        if not self._listening:
+            self._listening = True
+            bus_for(self.client).on(self.channel, self.wake)
         event = threading.Event()
         self._waiting[lease] = event  # before the script: a wake may come at once
         try:
@@ -214,36 +217,3 @@ class Keeper:
                 if not failing:
                     log.warning("could not renew backend slots in Redis: %s", exc)
                 failing = True
-
-
-class Listener:
-    """Wake this process's waiting requests on the messages of its Redis channel."""
-
-    def __init__(self, admission: SharedAdmission) -> None:
-        self.admission = admission
-        self._started = False
-
-    def ensure_running(self) -> None:
-        """Start the listening thread, once per process."""
-        if not self._started:
-            self._started = True
-            threading.Thread(target=self._run, name="gateway-wake-listener", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self._listen()
-            except Exception as exc:  # Redis down: waiters still poll once a second
-                log.debug("wake listener lost Redis, retrying: %s", exc)
-                time.sleep(1.0)
-
-    def _listen(self) -> None:
-        pubsub = self.admission.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self.admission.channel)
-            while True:
-                message = pubsub.get_message(timeout=1.0)
-                if message is not None and message["type"] == "message":
-                    self.admission.wake(message["data"].decode())
-        finally:
-            pubsub.close()
