@@ -21,6 +21,8 @@ from flask_inference_gateway.api.errors import handle_error
 from flask_inference_gateway.api.state import EXTENSION_KEY, GatewayState
 from flask_inference_gateway.cli import keys_cli
 from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.fleet.admission import Admission, LocalAdmission
+from flask_inference_gateway.fleet.shared import SharedAdmission
 from flask_inference_gateway.fleet.store import connect
 from flask_inference_gateway.observability import metrics
 from flask_inference_gateway.observability.gpu import Poller, backend_poll
@@ -87,19 +89,32 @@ def build_backends(settings: Settings, catalog: Catalog | None = None) -> list[B
     return backends
 
 
+def build_admission(settings: Settings) -> Admission:
+    """Return what counts backend slots: Redis for the fleet, else this worker's share."""
+    cap = settings.backend_max_concurrency
+    # Without Redis each worker admits its share of a backend's slots, so all
+    # workers together keep within the cap without talking to each other.
+    local = LocalAdmission(math.ceil(cap / settings.workers) if cap else 0,
+                           queue_size=settings.queue_size, queue_timeout=settings.queue_timeout)
+    if not cap or not settings.redis_url:
+        if cap and settings.workers > 1:
+            log.warning("GATEWAY_REDIS_URL is not set: GATEWAY_BACKEND_MAX_CONCURRENCY=%d is "
+                        "split over %d workers (%d each), per replica", cap, settings.workers,
+                        local.cap)
+        return local
+    return SharedAdmission(connect(settings.redis_url, settings.redis_timeout), cap,
+                           fallback=local, lease_seconds=settings.lease_seconds,
+                           queue_size=settings.queue_size, queue_timeout=settings.queue_timeout,
+                           fail_open=settings.redis_fail_open)
+
+
 def build_router(settings: Settings, catalog: Catalog | None = None) -> Router:
     """Create the backend pool and the router that fails over between its backends."""
     backends = build_backends(settings, catalog)
-    cap = settings.backend_max_concurrency
-    # Each worker admits its share of a backend's slots, so all workers together
-    # keep within the cap without talking to each other.
-    per_worker = math.ceil(cap / settings.workers) if cap else 0
-    pool = BackendPool(backends, max_concurrency=per_worker,
-                       queue_size=settings.queue_size,
-                       queue_timeout=settings.queue_timeout,
-                       breaker_failures=settings.breaker_failures,
+    pool = BackendPool(backends, breaker_failures=settings.breaker_failures,
                        breaker_cooldown=settings.breaker_cooldown,
-                       routing=settings.routing, prefix_balance=settings.prefix_balance)
+                       routing=settings.routing, prefix_balance=settings.prefix_balance,
+                       admission=build_admission(settings))
     return Router(pool, timeouts=build_timeouts(settings), max_attempts=settings.max_attempts,
                   prefix_chars=settings.prefix_chars)
 

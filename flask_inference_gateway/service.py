@@ -131,7 +131,7 @@ class InferenceService:
         settle = self._charger(principal, _release_nothing, reservation,
                                request.estimate_prompt_tokens())
         try:
-            routed = self.router.open_stream(request, gone)
+            routed = self.router.open_stream(request, gone, principal.caller())
         except BaseException:
             reservation.settle(0)  # no token came back: the whole reservation goes back
             raise
@@ -147,7 +147,7 @@ class InferenceService:
         """Embed the request's inputs."""
         request, reservation = self._admit(request, principal)
         try:
-            embeddings = self.router.embed(request, gone)
+            embeddings = self.router.embed(request, gone, principal.caller())
         except BaseException:
             reservation.settle(0)
             raise
@@ -163,7 +163,7 @@ class InferenceService:
         try:
             if self.ledger:
                 release = self.ledger.open_stream(principal)
-            routed = self.router.open_stream(request, gone)
+            routed = self.router.open_stream(request, gone, principal.caller())
         except BaseException:
             reservation.settle(0)  # no token came back: the whole reservation goes back
             release()

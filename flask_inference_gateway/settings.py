@@ -26,6 +26,7 @@ from flask_inference_gateway.core.parse import (
     parse_url_list,
 )
 
+
 class ConfigError(ValueError):
     """A GATEWAY_* variable holds a value that cannot be used."""
 

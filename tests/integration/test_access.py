@@ -364,14 +364,15 @@ def test_two_gateways_share_one_limit(gateway: GatewayProcess, gateway_env: dict
 
 def test_token_budget_refuses_before_the_backend(gateway: GatewayProcess, fake: FakeOllama,
                                                  keys: dict[str, str]) -> None:
-    """30 tokens a minute, 12 an answer: 3 answers pass, then 429 that never reach the backend."""
+    """30 tokens a minute, 12 an answer: 2 whole answers, a third clamped to the 6 tokens left
+    (it asks for more than the whole budget), then 429 that never reach the backend."""
     fresh_window(3)
     headers = bearer(keys["budget"])
     replies = [generate(gateway, headers) for _ in range(5)]
     replies.append(call(gateway.url, "/v1/generate/stream", {"prompt": PROMPT}, headers=headers))
     assert [reply.status for reply in replies] == [200] * 3 + [429] * 3
     usage = [json.loads(reply.text)["usage"]["total_tokens"] for reply in replies[:3]]
-    assert usage == [TOKENS_PER_ANSWER] * 3
+    assert usage == [TOKENS_PER_ANSWER, TOKENS_PER_ANSWER, 30 - 2 * TOKENS_PER_ANSWER]
     assert fake.stats["requests"] == 3, fake.stats
     for reply in replies[3:]:
         assert "token budget" in assert_refused(reply, 429, "rate_limited")["message"]
@@ -380,15 +381,15 @@ def test_token_budget_refuses_before_the_backend(gateway: GatewayProcess, fake: 
 
 def test_stream_is_charged_when_it_ends(gateway: GatewayProcess, shared_redis: RedisServer,
                                         fake: FakeOllama, keys: dict[str, str]) -> None:
-    """One 12-token stream spends a 10-token budget: the next request gets 429."""
+    """A stream asking for more than a 10-token budget runs clamped to it, is charged what it
+    used when it ends, and the next request gets 429."""
     fresh_window(3)
     headers = bearer(keys["streamer"])
     stream = call(gateway.url, "/v1/generate/stream", {"prompt": PROMPT}, headers=headers)
     assert stream.status == 200
-    assert stream.data[-1].data["usage"]["total_tokens"] == TOKENS_PER_ANSWER
-    # The charge lands as the gateway closes the stream, just after the client read its end.
-    assert wait_until(lambda: tokens_charged(shared_redis, "streamer") >= TOKENS_PER_ANSWER, 3)
-    assert tokens_charged(shared_redis, "streamer") == TOKENS_PER_ANSWER
+    assert stream.data[-1].data["usage"]["total_tokens"] == 10  # 4 prompt + 6 allowed
+    # The settle lands as the gateway closes the stream, just after the client read its end.
+    assert wait_until(lambda: tokens_charged(shared_redis, "streamer") == 10, 3)
     assert_refused(generate(gateway, headers), 429, "rate_limited")
     assert fake.stats["requests"] == 1, fake.stats
 

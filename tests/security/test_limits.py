@@ -54,8 +54,9 @@ def test_disabled_limits(make_client) -> None:
 @pytest.mark.parametrize("route", ["/v1/generate", "/v1/generate/stream"])
 def test_token_budget_stops_requests_before_the_backend(make_client, fake_ollama,
                                                          route: str) -> None:
-    # Each request: 4 prompt words + 4 completion tokens = 8 tokens.
-    client = make_client(GATEWAY_TOKENS_PER_MINUTE=20)
+    # Each request reserves 4 prompt tokens (estimated) + 4 max_tokens = 8, and uses 8:
+    # three fit in 24, a fourth finds nothing left.
+    client = make_client(GATEWAY_TOKENS_PER_MINUTE=24)
     statuses = []
     for _ in range(4):
         response = client.post(route, json=GENERATE)
@@ -66,7 +67,9 @@ def test_token_budget_stops_requests_before_the_backend(make_client, fake_ollama
 
 
 def test_abandoned_stream_is_charged(make_client, fake_ollama) -> None:
-    client = make_client(GATEWAY_TOKENS_PER_MINUTE=5)
+    # The prompt's estimate is 90 tokens: the stream reserves all 96 (its max_tokens is
+    # clamped to 6), and keeps 90 + the pieces relayed, so 8 more no longer fit.
+    client = make_client(GATEWAY_TOKENS_PER_MINUTE=96)
     response = client.post("/v1/generate/stream", buffered=False, json={
         **GENERATE, "max_tokens": 500, "prompt": "[[sim:tokens=500]] [[sim:itl=0.01]] " * 10})
     next(response.response)
