@@ -22,6 +22,7 @@ from flask_inference_gateway.api.state import EXTENSION_KEY, GatewayState
 from flask_inference_gateway.cli import keys_cli
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.fleet.admission import Admission, LocalAdmission
+from flask_inference_gateway.fleet.health import SharedHealth
 from flask_inference_gateway.fleet.shared import SharedAdmission
 from flask_inference_gateway.fleet.store import connect
 from flask_inference_gateway.observability import metrics
@@ -114,7 +115,9 @@ def build_router(settings: Settings, catalog: Catalog | None = None) -> Router:
     pool = BackendPool(backends, breaker_failures=settings.breaker_failures,
                        breaker_cooldown=settings.breaker_cooldown,
                        routing=settings.routing, prefix_balance=settings.prefix_balance,
-                       admission=build_admission(settings))
+                       admission=build_admission(settings),
+                       health=SharedHealth(connect(settings.redis_url, settings.redis_timeout))
+                       if settings.redis_url else None)
     return Router(pool, timeouts=build_timeouts(settings), max_attempts=settings.max_attempts,
                   prefix_chars=settings.prefix_chars)
 

@@ -19,6 +19,8 @@ import redis
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str], None]
+WAIT_SECONDS = 0.25  # how long one read waits for a message (new channels join between)
+LISTEN_TIMEOUT = 5.0  # a read of an announced message that takes longer: the connection is dead
 
 _buses: dict[tuple[int, int], Bus] = {}
 _lock = threading.Lock()
@@ -31,6 +33,16 @@ def bus_for(client: redis.Redis) -> Bus:
         if key not in _buses:
             _buses[key] = Bus(client)
         return _buses[key]
+
+
+def listening_client(client: redis.Redis) -> redis.Redis:
+    """Return a client like ``client`` whose reads may wait longer than a message's gap."""
+    # The shared client gives up on a read after GATEWAY_REDIS_TIMEOUT (0.25 s): a
+    # subscriber waiting a second for the next message must not count that as an outage.
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": LISTEN_TIMEOUT}
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=pool.connection_class, **kwargs))
 
 
 class Bus:
@@ -61,13 +73,13 @@ class Bus:
                 time.sleep(1.0)
 
     def _listen(self) -> None:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = listening_client(self.client).pubsub(ignore_subscribe_messages=True)
         try:
             while True:
                 if self._changed.is_set():
                     self._changed.clear()
                     pubsub.subscribe(*list(self._handlers))
-                message = pubsub.get_message(timeout=1.0)
+                message = pubsub.get_message(timeout=WAIT_SECONDS)
                 if message is not None and message["type"] == "message":
                     self._deliver(message["channel"].decode(), message["data"].decode())
         finally:

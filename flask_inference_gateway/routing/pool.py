@@ -31,103 +31,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 from flask_inference_gateway.core.errors import GatewayError, NoBackendAvailable
 from flask_inference_gateway.core.types import (
     ANONYMOUS,
     Caller,
-    EmbeddingRequest,
-    Embeddings,
-    GenerationRequest,
     Probe,
-    Timeouts,
 )
 from flask_inference_gateway.fleet.admission import Admission, Grant, LocalAdmission, Want
+from flask_inference_gateway.fleet.health import SharedHealth
 from flask_inference_gateway.routing.affinity import by_affinity
-from flask_inference_gateway.upstream.stream import TokenStream
+from flask_inference_gateway.routing.node import Backend, Node, aliases
+
+__all__ = ["Backend", "BackendPool", "Node", "Slot", "aliases"]
 
 log = logging.getLogger(__name__)
 
 ROUTINGS = ("least-busy", "prefix", "round-robin")
-
-
-class Backend(Protocol):
-    """What routing needs of an upstream adapter (OllamaBackend, OpenAIBackend)."""
-
-    kind: str
-    base_url: str
-    timeouts: Timeouts
-
-    def stream(self, request: GenerationRequest,
-               deadline: float | None = None) -> TokenStream: ...
-
-    def embed(self, request: EmbeddingRequest,
-              deadline: float | None = None) -> Embeddings: ...
-
-    def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
-
-    def probe(self, timeout: float) -> Probe: ...
-
-
-def aliases(name: str) -> set[str]:
-    """Return the names a model answers to: Ollama's 'llama3.2:latest' is also 'llama3.2'."""
-    return {name, name.removesuffix(":latest")}
-
-
-@dataclass(eq=False)
-class Node:
-    """One backend and what this worker knows of it."""
-
-    backend: Backend
-    in_flight: int = 0
-    failures: int = 0  # consecutive
-    open_until: float = 0.0  # circuit open (no traffic) until this time.monotonic()
-    models: frozenset[str] | None = None  # None: not known yet
-    loaded: frozenset[str] = frozenset()
-    model_list: list[dict[str, Any]] = field(default_factory=list)
-    version: str = ""
-    last_error: str | None = None
-    busy_until: float = 0.0  # it answered 503: tried last until this time.monotonic()
-    missing: frozenset[str] = frozenset()  # models it answered 404 for since its last probe
-
-    @property
-    def url(self) -> str:
-        """Return the backend's base URL."""
-        return self.backend.base_url
-
-    def must_swap(self, model: str) -> bool:
-        """Return whether serving ``model`` would push another model out of memory."""
-        return bool(self.loaded) and model not in self.loaded
-
-    def serves(self, model: str) -> bool | None:
-        """Return whether the backend lists ``model`` (None: its list is not known)."""
-        if model in self.missing:
-            return False
-        return None if self.models is None else model in self.models
-
-    def learn(self, probe: Probe) -> None:
-        """Take the models and residency a probe found."""
-        self.model_list = probe.models
-        self.models = frozenset(a for m in probe.models for a in aliases(m["id"]))
-        self.loaded = frozenset(a for name in probe.loaded for a in aliases(name))
-        self.version = probe.version or self.version
-        self.missing = frozenset()
-
-    def status(self, now: float) -> dict[str, Any]:
-        """Return this backend's state for /readyz."""
-        state = "open" if now < self.open_until else "closed"
-        body: dict[str, Any] = {"url": self.url, "kind": self.backend.kind,
-                                "ok": state == "closed" and self.failures == 0,
-                                "circuit": state, "in_flight": self.in_flight,
-                                "models": sorted(self.models or ()),
-                                "loaded": sorted(self.loaded)}
-        if self.version:
-            body["version"] = self.version
-        if self.last_error:
-            body["error"] = self.last_error
-        return body
 
 
 @dataclass(eq=False)
@@ -145,8 +66,10 @@ class BackendPool:
                  queue_size: int = 100, queue_timeout: float = 30.0,
                  breaker_failures: int = 3, breaker_cooldown: float = 10.0,
                  routing: str = "least-busy", prefix_balance: float = 0.25,
-                 admission: Admission | None = None) -> None:
-        """``admission`` counts the slots (default: this process, ``max_concurrency`` each)."""
+                 admission: Admission | None = None,
+                 health: SharedHealth | None = None) -> None:
+        """``admission`` counts the slots (default: this process, ``max_concurrency`` each);
+        ``health`` shares circuit breakers with the fleet (default: this worker's own)."""
         self.nodes = [Node(backend) for backend in backends]
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, not {routing!r}")
@@ -158,6 +81,9 @@ class BackendPool:
         self.breaker_cooldown = breaker_cooldown
         self._lock = threading.Lock()
         self._turn = itertools.count()
+        self.health = health
+        if health is not None:
+            health.listen(self._opened_elsewhere, self._closed_elsewhere)
 
     def candidates(self, model: str, exclude: Iterable[Node] = (),
                    key: bytes | None = None) -> list[Node]:
@@ -248,28 +174,51 @@ class BackendPool:
 
     def succeeded(self, node: Node, model: str) -> None:
         """Close ``node``'s circuit; it now holds ``model`` in memory."""
-        if node.failures or node.open_until:
-            log.info("backend %s is healthy again", node.url)
-        node.failures, node.open_until, node.last_error = 0, 0.0, None
+        self._close(node, "is healthy again")
         if model not in node.loaded:
             node.loaded = node.loaded | aliases(model)
 
     def failed(self, node: Node, error_type: str, message: str) -> None:
-        """Count a failure of ``node``; open its circuit after too many in a row."""
+        """Count a failure of ``node``; open its circuit after too many in a row (in this
+        worker, or across the fleet when health is shared)."""
         node.failures += 1
         node.last_error = message
-        if node.failures >= self.breaker_failures:
+        fleet = self.health.failed(node.url, self.breaker_cooldown) if self.health else 0
+        if max(node.failures, fleet) >= self.breaker_failures:
             if time.monotonic() >= node.open_until:
                 log.warning("backend %s failed %d times in a row (%s); no traffic for %g s",
-                            node.url, node.failures, error_type, self.breaker_cooldown)
+                            node.url, max(node.failures, fleet), error_type,
+                            self.breaker_cooldown)
+                if self.health:
+                    self.health.opened(node.url, self.breaker_cooldown, message)
             node.open_until = time.monotonic() + self.breaker_cooldown
 
     def probed(self, node: Node, probe: Probe) -> None:
         """Record a successful health probe: fresh model lists, circuit closed."""
         node.learn(probe)
+        self._close(node, "answers its probe again")
+
+    def _close(self, node: Node, why: str) -> None:
+        """Close ``node``'s circuit after a success; tell the fleet if it had failures."""
         if node.failures or node.open_until:
-            log.info("backend %s answers its probe again", node.url)
+            log.info("backend %s %s", node.url, why)
+            if self.health:
+                self.health.closed(node.url)
         node.failures, node.open_until, node.last_error = 0, 0.0, None
+
+    def _opened_elsewhere(self, url: str, seconds: float, error: str) -> None:
+        """Open the circuit another worker opened."""
+        for node in self.nodes:
+            if node.url == url:
+                node.failures = max(node.failures, self.breaker_failures)
+                node.open_until = time.monotonic() + seconds
+                node.last_error = error
+
+    def _closed_elsewhere(self, url: str) -> None:
+        """Close the circuit another worker closed."""
+        for node in self.nodes:
+            if node.url == url:
+                node.failures, node.open_until, node.last_error = 0, 0.0, None
 
     def set_backends(self, backends: list[Backend]) -> None:
         """Serve ``backends`` from now on (DNS discovery found them): a backend whose URL

@@ -12,6 +12,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.conftest import free_port
 from tests.integration.test_gunicorn import body_for, call, wait_until
 from tests.integration.test_scaleout import GENERATE, QUIET, STREAM, ok_stream
 
@@ -90,3 +91,23 @@ def test_redis_down_fails_closed_with_503(gateway_server, fakes, redis_server) -
     assert json.loads(reply.text)["error"]["type"] == "limits_unavailable"
     assert reply.headers["Retry-After"] == "1"
     assert reply.elapsed < 3
+
+
+def test_a_dead_backend_costs_the_fleet_its_breaker_count_not_that_per_worker(
+        gateway_server, fakes, redis_server) -> None:
+    """2 workers, a dead backend beside a good one: 3 failed attempts in all open its circuit
+    in both workers (GATEWAY_BREAKER_FAILURES=3), where each worker alone would spend 3."""
+    good = fakes()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    server = gateway_server(**fleet_env(redis_server.url, f"{dead},{good.url}",
+                                        GATEWAY_ROUTING="round-robin",
+                                        GATEWAY_BREAKER_COOLDOWN="60"))
+    replies = [call(server.url, GENERATE, body_for(GENERATE)) for _ in range(30)]
+    assert [r.status for r in replies] == [200] * 30  # each failed attempt failed over
+    metrics = call(server.url, "/metrics", method="GET").text
+    attempts = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("gateway_upstream_requests_total")
+                   and f'backend="{dead}"' in line)
+    # Each worker alone would spend 3 (6 in all). A request that another worker takes in the
+    # instant between the third failure and the broadcast may spend a fourth.
+    assert 3 <= attempts <= 4, metrics

@@ -50,8 +50,10 @@ def test_a_present_client_is_left_alone(upstream) -> None:
 
 def test_leaving_the_block_stops_watching(upstream) -> None:
     ours, _ = upstream
-    with ClientWatch(lambda: True) as seen:
+    outside = threading.Event()  # the client "leaves" only once the block is over
+    with ClientWatch(outside.is_set) as seen:
         track_connection(SimpleNamespace(sock=ours))
+    outside.set()
     time.sleep(2.5 * watch.POLL_SECONDS)
     assert seen not in watch._WATCHING and seen.left is False
 
