@@ -23,6 +23,7 @@ from flask_inference_gateway.cli import keys_cli
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.fleet.admission import Admission, LocalAdmission
 from flask_inference_gateway.fleet.health import SharedHealth
+from flask_inference_gateway.fleet.semaphore import MemorySemaphores, RedisSemaphores
 from flask_inference_gateway.fleet.shared import SharedAdmission
 from flask_inference_gateway.fleet.store import connect
 from flask_inference_gateway.observability import metrics
@@ -53,9 +54,11 @@ def build_ledger(settings: Settings) -> UsageLedger | None:
         log.warning("GATEWAY_REDIS_URL is not set: rate limits, token budgets and stream caps "
                     "are counted per worker (%d workers), not for the whole gateway",
                     settings.workers)
+    streams = (RedisSemaphores(connect(url, settings.redis_timeout), settings.lease_seconds)
+               if url else MemorySemaphores())
     return UsageLedger(counters, tokens_per_minute=settings.tokens_per_minute,
                        max_streams=settings.max_streams,
-                       fail_open=settings.redis_fail_open)
+                       fail_open=settings.redis_fail_open, streams=streams)
 
 
 def build_timeouts(settings: Settings) -> Timeouts:

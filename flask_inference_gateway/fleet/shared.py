@@ -32,7 +32,7 @@ from flask_inference_gateway.fleet.admission import (
     waited_too_long,
 )
 from flask_inference_gateway.fleet.bus import bus_for
-from flask_inference_gateway.fleet.store import Outage, instance_id
+from flask_inference_gateway.fleet.store import Keeper, Outage, instance_id
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class SharedAdmission:
         self._queued: set[str] = set()
         self._held: dict[str, str] = {}  # lease id -> backend, renewed by the keeper
         self._lock = threading.Lock()
-        self._keeper = Keeper(self, lease_seconds / 3)
+        self._keeper = Keeper(self.renew, lease_seconds / 3, "backend slots")
         self._listening = False
 
     def _run(self, name: str, *args: Any) -> Any:
@@ -190,30 +190,3 @@ class SharedAdmission:
     def held(self) -> int:
         """Return how many slots this process holds in Redis."""
         return len(self._held)
-
-
-class Keeper:
-    """Renew a process's leases every ``interval`` seconds, from one background thread."""
-
-    def __init__(self, admission: SharedAdmission, interval: float) -> None:
-        self.admission = admission
-        self.interval = interval
-        self._started = False
-
-    def ensure_running(self) -> None:
-        """Start the renewing thread, once per process."""
-        if not self._started:
-            self._started = True
-            threading.Thread(target=self._run, name="gateway-lease-keeper", daemon=True).start()
-
-    def _run(self) -> None:
-        failing = False
-        while True:
-            time.sleep(self.interval)
-            try:
-                self.admission.renew()
-                failing = False
-            except Exception as exc:  # Redis down: the leases may lapse; admission copes
-                if not failing:
-                    log.warning("could not renew backend slots in Redis: %s", exc)
-                failing = True

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -77,3 +78,31 @@ class Outage:
         if self.down:
             self.down = False
             log.warning("%s: Redis reachable again", self.what)
+
+
+class Keeper:
+    """Call ``renew`` every ``interval`` seconds from one background thread (leases' lives)."""
+
+    def __init__(self, renew: Callable[[], None], interval: float, what: str) -> None:
+        self.renew = renew
+        self.interval = interval
+        self.what = what
+        self._started = False
+
+    def ensure_running(self) -> None:
+        """Start the renewing thread, once."""
+        if not self._started:
+            self._started = True
+            threading.Thread(target=self._run, name="gateway-lease-keeper", daemon=True).start()
+
+    def _run(self) -> None:
+        failing = False
+        while True:
+            time.sleep(self.interval)
+            try:
+                self.renew()
+                failing = False
+            except Exception as exc:  # Redis down: the leases may lapse; their users cope
+                if not failing:
+                    log.warning("could not renew %s in Redis: %s", self.what, exc)
+                failing = True

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import redis
 
 from flask_inference_gateway.core.errors import LimitsUnavailable, RateLimited
+from flask_inference_gateway.fleet.semaphore import MemorySemaphores, Semaphores
 from flask_inference_gateway.fleet.store import Outage
 from flask_inference_gateway.security.keys import Principal
 
@@ -29,7 +30,7 @@ WINDOW = 60
 # A window's counter outlives its minute so that a request reserved in it settles
 # there; one still running after this long settles into a forgotten window (a no-op).
 BUDGET_TTL = 11 * WINDOW
-STREAM_SLOT_TTL = 3600  # a worker killed mid-stream leaks its slots at most this long
+FAILED_OPEN = object()  # what a store call returns while the store is down and we fail open
 
 # KEYS[1] the window's counter (used + reserved); ARGV wanted, least, limit, ttl.
 # Grants min(wanted, what is left), or nothing when that is under least.
@@ -180,8 +181,10 @@ class UsageLedger:
     """Enforce per-key token budgets and stream caps; decide what a store outage means."""
 
     def __init__(self, counters: Counters, *, tokens_per_minute: int, max_streams: int,
-                 fail_open: bool) -> None:
+                 fail_open: bool, streams: Semaphores | None = None) -> None:
+        """``streams`` counts each key's open streams (default: in this process)."""
         self.counters = counters
+        self.streams = streams or MemorySemaphores()
         self.tokens_per_minute = tokens_per_minute
         self.max_streams = max_streams
         self.outage = Outage("token budgets and stream caps", fail_open=fail_open)
@@ -216,12 +219,11 @@ class UsageLedger:
         cap = principal.max_streams if principal.max_streams is not None else self.max_streams
         if not cap:
             return _nothing
-        key = f"gw:streams:{principal.name}"
-        taken = self._call(self.counters.add, key, 1, STREAM_SLOT_TTL, default=None)
-        if taken is None:  # the store is down and the gateway fails open
+        name = f"gw:streams:{principal.name}"
+        token = self._call(self.streams.take, name, cap, default=FAILED_OPEN)
+        if token is FAILED_OPEN:  # the store is down and the gateway fails open
             return _nothing
-        if taken > cap:
-            self._call(self.counters.add, key, -1, STREAM_SLOT_TTL, default=None)
+        if token is None:
             raise RateLimited(f"This API key already has {cap} streams open; close one or "
                               "retry later.", headers={"Retry-After": "1"}, limit="streams")
         released = threading.Event()
@@ -229,7 +231,7 @@ class UsageLedger:
         def release() -> None:
             if not released.is_set():
                 released.set()
-                self._call(self.counters.add, key, -1, STREAM_SLOT_TTL, default=None)
+                self._call(self.streams.give, name, token, default=None)
 
         return release
 

@@ -11,7 +11,8 @@ import pytest
 from flask_inference_gateway.core.errors import BackendBusy, LimitsUnavailable
 from flask_inference_gateway.core.types import Caller
 from flask_inference_gateway.fleet.admission import Grant
-from flask_inference_gateway.fleet.shared import Keeper, SharedAdmission
+from flask_inference_gateway.fleet.shared import SharedAdmission
+from flask_inference_gateway.fleet.store import Keeper
 from tests.fleet.conftest import shared
 from tests.fleet.test_admission import want
 from tests.integration.redis_server import RedisServer
@@ -40,7 +41,8 @@ def admit_later(admission: SharedAdmission, wait: float = 10.0) -> dict[str, obj
 def test_slots_of_a_dead_process_are_free_again_within_a_lease(
         fleet_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     dead = shared(fleet_redis, 4, prefix="dead-holder:", lease_seconds=0.6)
-    monkeypatch.setattr(dead, "_keeper", Keeper(dead, 3600))  # it never renews: it "died"
+    # It never renews its leases: it "died".
+    monkeypatch.setattr(dead, "_keeper", Keeper(dead.renew, 3600, "slots"))
     for _ in range(3):
         assert dead.admit(want(ANY)).lease
     alive = shared(fleet_redis, 4, prefix="dead-holder:", lease_seconds=0.6)

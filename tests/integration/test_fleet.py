@@ -111,3 +111,30 @@ def test_a_dead_backend_costs_the_fleet_its_breaker_count_not_that_per_worker(
     # Each worker alone would spend 3 (6 in all). A request that another worker takes in the
     # instant between the third failure and the broadcast may spend a fourth.
     assert 3 <= attempts <= 4, metrics
+
+
+def test_a_killed_workers_stream_slots_come_back_within_a_lease(gateway_server, fakes,
+                                                               redis_server) -> None:
+    """GATEWAY_MAX_STREAMS=2 across the fleet: a SIGKILLed worker's 2 streams free the cap."""
+    fake = fakes()
+    env = fleet_env(redis_server.url, fake.url, GATEWAY_WORKERS="1", GATEWAY_LEASE_SECONDS="1",
+                    GATEWAY_BACKEND_MAX_CONCURRENCY="0", GATEWAY_RATE_LIMIT_DISABLED="0",
+                    GATEWAY_RATE_LIMIT="1000/minute", GATEWAY_MAX_STREAMS="2")
+    holder, other = gateway_server(**env), gateway_server(**env)
+    long = body_for(STREAM, "[[sim:itl=0.2]] [[sim:tokens=40]]")
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(2):
+            pool.submit(call, holder.url, STREAM, long, limit_s=60)
+        assert wait_until(lambda: fake.stats["active"] == 2, 10)
+        capped = call(other.url, STREAM, body_for(STREAM))
+        assert capped.status == 429, capped.text  # the cap holds across gateways
+        assert json.loads(capped.text)["error"]["limit"] == "streams"
+        (worker,) = holder.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        while call(other.url, STREAM, body_for(STREAM)).status == 429:
+            assert time.monotonic() - killed < 4, "the dead worker's stream slots never lapsed"
+            time.sleep(0.1)
+        recovered = time.monotonic() - killed
+    print(f"\nthe killed worker's stream slots were free again {recovered:.2f} s after SIGKILL")
+    assert recovered > 0.5  # they lapsed with their lease; nobody gave them back
