@@ -23,12 +23,15 @@ class Queue:
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
         self.granted: list[tuple[str, Grant]] = []
+        self.threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def enqueue(self, caller: Caller, count: int = 1) -> None:
         for _ in range(count):
             before = self.admission.waiting  # type: ignore[attr-defined]
-            threading.Thread(target=self._admit, args=(caller,), daemon=True).start()
+            thread = threading.Thread(target=self._admit, args=(caller,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
             deadline = time.monotonic() + 2
             while self.admission.waiting == before:  # type: ignore[attr-defined]
                 assert time.monotonic() < deadline, "the request was not queued"
@@ -49,7 +52,21 @@ class Queue:
                 assert time.monotonic() < deadline, f"nobody took slot {turn}"
                 time.sleep(0.002)
             holding = self.granted[turn][1]
-        return [name for name, _ in self.granted[:count]]
+        order = [name for name, _ in self.granted[:count]]
+        self._drain(holding, count)
+        return order
+
+    def _drain(self, holding: Grant, served: int) -> None:
+        """Serve every request still queued, so that no thread outlives the test."""
+        while any(thread.is_alive() for thread in self.threads):
+            self.admission.release(holding)
+            deadline = time.monotonic() + 3
+            while len(self.granted) <= served:
+                assert time.monotonic() < deadline, "a queued request was never served"
+                time.sleep(0.002)
+            holding = self.granted[served][1]
+            served += 1
+        self.admission.release(holding)
 
 
 def test_a_light_caller_waits_behind_one_request_not_behind_a_flood(
