@@ -28,6 +28,12 @@ _clients: dict[tuple[str, float, int], redis.Redis] = {}
 _lock = threading.Lock()
 
 
+# Connections one process may open to Redis. redis-py's pool refuses the 101st
+# by default, and a gevent worker runs up to GATEWAY_WORKER_CONNECTIONS (1000)
+# requests at once; past this many, a call waits (up to its timeout) for one.
+MAX_CONNECTIONS = 1000
+
+
 def connect(url: str, timeout: float) -> redis.Redis:
     """Return this process's client for ``url`` (a pool of connections, timed calls)."""
     # Keyed by pid too: a client made before gunicorn forks must not be shared.
@@ -35,8 +41,10 @@ def connect(url: str, timeout: float) -> redis.Redis:
     with _lock:
         client = _clients.get(key)
         if client is None:
-            client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                          socket_connect_timeout=timeout)
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=MAX_CONNECTIONS, timeout=timeout,
+                socket_timeout=timeout, socket_connect_timeout=timeout)
+            client = redis.Redis(connection_pool=pool)
             _clients[key] = client
         return client
 

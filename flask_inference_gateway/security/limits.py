@@ -24,13 +24,14 @@ FAIL_OPEN_LIMIT = "1000000/second"
 
 
 class GatewayLimiter(Limiter):
-    _refusing = False  # fail-closed outage in progress: logged once
     """Flask-Limiter speaking the gateway's errors: 429 with Retry-After, 503 on store failure.
 
     Flask-Limiter's own header injection is off: it would put Retry-After on
     every response (and stretch a backend's 503 Retry-After to the window's
     reset); ``add_headers`` writes the X-RateLimit-* headers instead.
     """
+
+    _refusing = False  # fail-closed outage in progress: logged once
 
     def _check_request_limit(self, callable_name: str | None = None,
                              in_middleware: bool = True) -> None:
@@ -53,11 +54,14 @@ class GatewayLimiter(Limiter):
 
     def add_headers(self, response: Response) -> Response:
         """Tell the client its limit, what is left, and when the window resets."""
-        limit = self.current_limit
-        if limit is not None and not self._storage_dead:
-            response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
-            response.headers["X-RateLimit-Remaining"] = str(limit.remaining)
-            response.headers["X-RateLimit-Reset"] = str(limit.reset_at)
+        try:
+            limit = self.current_limit  # reads the window from the store
+            if limit is not None and not self._storage_dead:
+                response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+                response.headers["X-RateLimit-Remaining"] = str(limit.remaining)
+                response.headers["X-RateLimit-Reset"] = str(limit.reset_at)
+        except Exception as exc:  # the store failed after the request was let in
+            log.debug("no rate-limit headers: the store failed: %s", exc)
         return response
 
 
@@ -69,7 +73,10 @@ def storage_settings(settings: Settings) -> dict[str, Any]:
     timeout = settings.redis_timeout
     fail_open = settings.redis_fail_open
     return {"storage_uri": url,
-            "storage_options": {"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            "storage_options": {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                                # redis-py's default of 100 is short of a gevent worker's
+                                # thousand requests at once: refused, not queued
+                                "max_connections": settings.worker_connections},
             "in_memory_fallback_enabled": fail_open,
             "in_memory_fallback": [FAIL_OPEN_LIMIT] if fail_open else None}
 
