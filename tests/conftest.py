@@ -157,3 +157,15 @@ def gateway_server(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[Any]:
+    """Run one Redis for a whole module (tests keep apart by key name); skip without one."""
+    # Imported here: redis_server imports free_port from this module.
+    from tests.integration.redis_server import AVAILABLE, RedisServer
+
+    if not AVAILABLE:
+        pytest.skip("redis-server is not installed (CI installs it)")
+    with RedisServer() as server:
+        yield server

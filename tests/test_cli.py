@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from flask_inference_gateway.security.keys import (
     write_key_file,
 )
 from tests.conftest import free_port
-from tests.integration.redis_server import AVAILABLE, RedisServer
+from tests.integration.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -158,15 +157,6 @@ def test_import_of_something_else_fails_clearly(cli_app: Flask, tmp_path: Path,
     result = cli_app.test_cli_runner().invoke(args=["keys", "import", str(path)])
     assert result.exit_code != 0 and "Error" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-
-
-@pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
-    """Run one Redis for the module's tests of the Redis backend."""
-    if not AVAILABLE:
-        pytest.skip("redis-server is not installed (CI installs it)")
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

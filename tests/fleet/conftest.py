@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from flask_inference_gateway.fleet.admission import Admission, LocalAdmission
 from flask_inference_gateway.fleet.shared import SharedAdmission
-from tests.integration.redis_server import AVAILABLE, RedisServer
-
-
-@pytest.fixture(scope="module")
-def fleet_redis() -> Iterator[RedisServer]:
-    """Run one Redis for the module; each test keeps to its own key prefix."""
-    if not AVAILABLE:
-        pytest.skip("redis-server is not installed (CI installs it)")
-    with RedisServer() as server:
-        yield server
+from tests.integration.redis_server import RedisServer
 
 
 def shared(server: RedisServer, cap: int, prefix: str = "", **options: Any) -> SharedAdmission:
@@ -36,6 +27,6 @@ def make_admission(request: pytest.FixtureRequest) -> Callable[..., Admission]:
     def factory(cap: int, **options: Any) -> Admission:
         if request.param == "local":
             return LocalAdmission(cap, **options)
-        return shared(request.getfixturevalue("fleet_redis"), cap, **options)
+        return shared(request.getfixturevalue("module_redis"), cap, **options)
 
     return factory

@@ -24,11 +24,11 @@ def eventually(check: Callable[[], bool], timeout: float = 2.0) -> bool:
 
 
 @pytest.fixture
-def workers(fleet_redis: RedisServer) -> tuple[BackendPool, BackendPool]:
+def workers(module_redis: RedisServer) -> tuple[BackendPool, BackendPool]:
     """Return two pools (two workers) sharing health through the test's own channel."""
     name = uuid.uuid4().hex[:8]
     pools = tuple(make_pool("a", "b", breaker_failures=3, breaker_cooldown=30,
-                            health=SharedHealth(fleet_redis.client(), channel=f"h-{name}",
+                            health=SharedHealth(module_redis.client(), channel=f"h-{name}",
                                                 prefix=f"h-{name}:"))
                   for _ in range(2))
     time.sleep(0.3)  # both buses subscribed

@@ -22,7 +22,7 @@ def make(request: pytest.FixtureRequest) -> Callable[..., Semaphores]:
     def factory(lease_seconds: float = 5.0) -> Semaphores:
         if request.param == "memory":
             return MemorySemaphores()
-        return RedisSemaphores(request.getfixturevalue("fleet_redis").client(), lease_seconds)
+        return RedisSemaphores(request.getfixturevalue("module_redis").client(), lease_seconds)
     return factory
 
 
@@ -36,11 +36,11 @@ def test_a_cap_is_a_cap_and_a_freed_slot_is_free(make: Callable[..., Semaphores]
 
 
 def test_slots_of_a_dead_process_lapse_and_live_ones_are_renewed(
-        fleet_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"streams:{uuid.uuid4().hex}"
-    dead = RedisSemaphores(fleet_redis.client(), lease_seconds=0.5)
+    dead = RedisSemaphores(module_redis.client(), lease_seconds=0.5)
     monkeypatch.setattr(dead, "_keeper", Keeper(dead.renew, 3600, "slots"))  # never renews
-    alive = RedisSemaphores(fleet_redis.client(), lease_seconds=0.5)
+    alive = RedisSemaphores(module_redis.client(), lease_seconds=0.5)
     assert dead.take(name, 2) and alive.take(name, 2)
     assert alive.take(name, 2) is None
     time.sleep(1.2)  # more than two lives of a lease; the live one was renewed meanwhile

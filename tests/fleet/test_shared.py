@@ -39,13 +39,13 @@ def admit_later(admission: SharedAdmission, wait: float = 10.0) -> dict[str, obj
 
 
 def test_slots_of_a_dead_process_are_free_again_within_a_lease(
-        fleet_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    dead = shared(fleet_redis, 4, prefix="dead-holder:", lease_seconds=0.6)
+        module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = shared(module_redis, 4, prefix="dead-holder:", lease_seconds=0.6)
     # It never renews its leases: it "died".
     monkeypatch.setattr(dead, "_keeper", Keeper(dead.renew, 3600, "slots"))
     for _ in range(3):
         assert dead.admit(want(ANY)).lease
-    alive = shared(fleet_redis, 4, prefix="dead-holder:", lease_seconds=0.6)
+    alive = shared(module_redis, 4, prefix="dead-holder:", lease_seconds=0.6)
     assert alive.admit(want(ANY)).lease  # the fourth slot
     waiting = admit_later(alive)
     waiting["thread"].join(3)  # type: ignore[attr-defined]
@@ -55,18 +55,18 @@ def test_slots_of_a_dead_process_are_free_again_within_a_lease(
         assert alive.admit(want(ANY, wait=0.01)).lease
 
 
-def test_a_renewed_lease_outlives_its_ttl(fleet_redis: RedisServer) -> None:
-    holder = shared(fleet_redis, 1, prefix="renewed:", lease_seconds=0.6)
+def test_a_renewed_lease_outlives_its_ttl(module_redis: RedisServer) -> None:
+    holder = shared(module_redis, 1, prefix="renewed:", lease_seconds=0.6)
     holder.admit(want(ANY))
     time.sleep(1.5)  # two and a half lives of the lease, renewed every 0.2 s
-    other = shared(fleet_redis, 1, prefix="renewed:", lease_seconds=0.6, queue_timeout=0.3)
+    other = shared(module_redis, 1, prefix="renewed:", lease_seconds=0.6, queue_timeout=0.3)
     with pytest.raises(BackendBusy):
         other.admit(want(ANY))
 
 
-def test_a_release_anywhere_wakes_a_waiter_at_once(fleet_redis: RedisServer) -> None:
-    one = shared(fleet_redis, 1, prefix="wake:")
-    other = shared(fleet_redis, 1, prefix="wake:")
+def test_a_release_anywhere_wakes_a_waiter_at_once(module_redis: RedisServer) -> None:
+    one = shared(module_redis, 1, prefix="wake:")
+    other = shared(module_redis, 1, prefix="wake:")
     held = one.admit(want(ANY))
     waiting = admit_later(other)
     time.sleep(0.3)  # queued, and its process's listener subscribed

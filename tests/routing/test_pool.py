@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,7 +19,6 @@ from flask_inference_gateway.fleet.admission import LocalAdmission
 from flask_inference_gateway.fleet.shared import SharedAdmission
 from flask_inference_gateway.routing import pool as pool_module
 from flask_inference_gateway.routing.pool import BackendPool, Node, Slot
-from tests.integration.redis_server import AVAILABLE, RedisServer
 
 
 class Stub:
@@ -221,14 +220,6 @@ def test_unavailable_when_every_circuit_is_open(clock: list[float]) -> None:
 
 # --- admission: the same rules in this process and in Redis ------------------------------
 
-@pytest.fixture(scope="module")
-def redis_for_pools() -> Iterator[RedisServer]:
-    if not AVAILABLE:
-        pytest.skip("redis-server is not installed (CI installs it)")
-    with RedisServer() as server:
-        yield server
-
-
 @pytest.fixture(params=["local", "redis"])
 def capped_pool(request: pytest.FixtureRequest) -> Callable[..., BackendPool]:
     """Return a factory of pools whose slots live in this process, or in a real Redis."""
@@ -239,7 +230,7 @@ def capped_pool(request: pytest.FixtureRequest) -> Callable[..., BackendPool]:
                                queue_timeout=queue_timeout)
         if request.param == "local":
             return make_pool(*names, admission=local, **options)
-        server = request.getfixturevalue("redis_for_pools")
+        server = request.getfixturevalue("module_redis")
         shared = SharedAdmission(server.client(), max_concurrency, fallback=local,
                                  queue_size=queue_size, queue_timeout=queue_timeout,
                                  prefix=f"t-{uuid.uuid4().hex[:8]}:")

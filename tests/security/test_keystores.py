@@ -32,15 +32,6 @@ TIMEOUT = 0.25
 KEYS_ONLY = {"GATEWAY_RATE_LIMIT_DISABLED": True}
 
 
-@pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
-    """Run one Redis for the module's tests that leave it running."""
-    if not AVAILABLE:
-        pytest.skip("redis-server is not installed (CI installs it)")
-    with RedisServer() as server:
-        yield server
-
-
 @pytest.fixture
 def shared(module_redis: RedisServer) -> Iterator[RedisServer]:
     """Return the module's Redis, emptied for this test."""

@@ -27,7 +27,7 @@ from flask_inference_gateway.security.usage import (
     UsageLedger,
     estimate_tokens,
 )
-from tests.integration.redis_server import AVAILABLE, RedisServer
+from tests.integration.redis_server import RedisServer
 
 ALICE = Principal("alice")
 STORE_LOG = "flask_inference_gateway.fleet.store"
@@ -60,13 +60,10 @@ class BrokenSemaphores:
         raise ConnectionError("redis is down")
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """Run one redis-server for the module; skip without one."""
-    if not AVAILABLE:
-        pytest.skip("redis-server is not installed (CI installs it)")
-    with RedisServer() as server:
-        yield server.url
+@pytest.fixture
+def redis_url(module_redis: RedisServer) -> str:
+    """Return the module's Redis."""
+    return module_redis.url
 
 
 @pytest.fixture(params=["memory", "redis"])
