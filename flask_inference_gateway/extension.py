@@ -146,6 +146,18 @@ def residency_poll(backends: Callable[[], list[Backend]]) -> Callable[[], None]:
     return poll
 
 
+def idle_closer(router: Router, older_than: float) -> Callable[[], None]:
+    """Return one pass closing this worker's backend connections idle ``older_than`` s."""
+
+    def close() -> None:
+        for node in router.pool.nodes:
+            close_idle = getattr(node.backend, "close_idle", None)
+            if close_idle is not None:
+                close_idle(older_than)
+
+    return close
+
+
 def build_state(settings: Settings) -> GatewayState:
     """Create the router, service, key store and pollers that one gateway uses."""
     catalog = build_catalog(settings)
@@ -166,6 +178,9 @@ def build_state(settings: Settings) -> GatewayState:
                       first_wait=FIRST_PROBE_WAIT))
     if catalog.dynamic:  # dns+ URLs: each worker's pool follows what their names resolve to
         pollers += (Poller(follow(catalog, router.pool), settings.dns_seconds, exclusive=False),)
+    if settings.upstream_idle_seconds:
+        pollers += (Poller(idle_closer(router, settings.upstream_idle_seconds),
+                           settings.upstream_idle_seconds / 2, exclusive=False),)
     return GatewayState(settings=settings, service=service, keys=keys, pollers=pollers)
 
 

@@ -101,6 +101,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_PREFIX_BALANCE", parse_positive_float, 0.25,
             "Prefix routing's load bound: a backend over (1 + this) × the mean load takes no "
             "more requests for the prefixes it prefers."),
+    Setting("GATEWAY_UPSTREAM_IDLE_SECONDS", parse_non_negative_float, 30.0,
+            "Seconds a pooled connection to a backend may stay idle before the gateway closes "
+            "it (a burst's connections do not stay open for good); 0 keeps them."),
     Setting("GATEWAY_MAX_ATTEMPTS", parse_positive_int, 3,
             "Backends one request may try (failover) before its error is returned."),
     Setting("GATEWAY_BREAKER_FAILURES", parse_positive_int, 3,
@@ -200,6 +203,7 @@ class Settings:
     routing: str
     prefix_chars: int
     prefix_balance: float
+    upstream_idle_seconds: float
     max_attempts: int
     breaker_failures: int
     breaker_cooldown: float

@@ -225,7 +225,9 @@ def main() -> None:
             samples.append(sample(gateway.pid, started))
             print(json.dumps({**samples[-1], "answers": counts}), flush=True)
         gevent.joinall(load, timeout=60)
-        gevent.sleep(15)  # hung streams time out, pooled connections go idle
+        # Hung streams time out; pooled backend connections idle past
+        # GATEWAY_UPSTREAM_IDLE_SECONDS (30 s) are closed by the next pass (every 15 s).
+        gevent.sleep(50)
         after = sample(gateway.pid, started)
         result = {"settings": vars(args) | {"venv": str(args.venv), "out": str(args.out),
                                             "plot": str(args.plot)},

@@ -11,6 +11,7 @@ import requests
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.upstream.http import (
     call_timeout,
+    close_idle,
     make_session,
     prepare,
     raise_for_status,
@@ -41,6 +42,12 @@ class BackendClient:
             self._session = make_session(self.pool_size)
             self._session_pid = os.getpid()
         return self._session
+
+    def close_idle(self, older_than: float) -> int:
+        """Close this process's connections to the server idle for ``older_than`` seconds."""
+        if self._session is None or self._session_pid != os.getpid():
+            return 0
+        return close_idle(self._session, older_than)
 
     def post(self, path: str, payload: dict[str, Any], *, stream: bool,
              timeout: tuple[float, float]) -> requests.Response:

@@ -118,8 +118,9 @@ class PooledAdapter(HTTPAdapter):
 
 
 def watch_connections(pool: Any) -> None:
-    """Let a ClientWatch see which pooled connection its request takes (see watch.py)."""
-    take = pool._get_conn
+    """Let a ClientWatch see which pooled connection its request takes (see watch.py),
+    and note when each one went back to the pool (see ``close_idle``)."""
+    take, put = pool._get_conn, pool._put_conn
 
     def get_conn(timeout: float | None = None) -> Any:
         connection = take(timeout)
@@ -127,7 +128,32 @@ def watch_connections(pool: Any) -> None:
         track_connection(connection)
         return connection
 
-    pool._get_conn = get_conn
+    def put_conn(connection: Any) -> None:
+        if connection is not None:
+            connection.gateway_idle_since = time.monotonic()
+        put(connection)
+
+    pool._get_conn, pool._put_conn = get_conn, put_conn
+
+
+def close_idle(session: requests.Session, older_than: float) -> int:
+    """Close the pooled connections idle for ``older_than`` seconds; return how many.
+
+    A burst of a thousand streams leaves a thousand keep-alive connections to
+    the backend in the pool: closed once idle, they cost neither side a socket.
+    A closed connection stays in the pool and reconnects when next taken.
+    """
+    closed, limit = 0, time.monotonic() - older_than
+    for adapter in {id(a): a for a in session.adapters.values()}.values():
+        for pool in getattr(adapter, "_pools", {}).values():
+            with pool.pool.mutex:  # no request takes or returns one meanwhile
+                for connection in pool.pool.queue:
+                    idle_since = getattr(connection, "gateway_idle_since", None)
+                    if getattr(connection, "sock", None) is not None and idle_since is not None \
+                            and idle_since < limit:
+                        connection.close()
+                        closed += 1
+    return closed
 
 
 def make_session(pool_size: int) -> requests.Session:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -20,6 +22,7 @@ from flask_inference_gateway.core.errors import (
     ModelNotFound,
 )
 from flask_inference_gateway.upstream.http import (
+    close_idle,
     error_for_status,
     make_session,
     map_exception,
@@ -27,6 +30,7 @@ from flask_inference_gateway.upstream.http import (
     send,
     upstream_message,
 )
+from tests.fake_ollama import FakeOllama
 
 REQUESTS_EXCEPTIONS = sorted(
     (cls for _, cls in inspect.getmembers(requests.exceptions, inspect.isclass)
@@ -154,3 +158,31 @@ def test_a_refused_connection_is_not_sent_again() -> None:
         send(session, prepare("POST", f"http://127.0.0.1:{port}/", b"{}", {}),
              stream=False, timeout=(2, 2))
     session.close()
+
+
+def open_to(fake: FakeOllama) -> int:
+    """Return how many connections to ``fake`` are open on its side."""
+    time.sleep(0.1)  # the server thread notices a closed connection
+    with fake._lock:
+        return len(fake._conns)
+
+
+def test_idle_pooled_connections_are_closed_and_reopened_on_demand(
+        fake_ollama: FakeOllama) -> None:
+    session = make_session(8)
+    tags = fake_ollama.url + "/api/tags"
+    try:
+        with ThreadPoolExecutor(4) as pool:  # four at once: four pooled connections
+            list(pool.map(lambda _: send(session, prepare("GET", tags), stream=False,
+                                         timeout=(2, 2)).content, range(4)))
+        opened = open_to(fake_ollama)
+        assert opened >= 2
+        assert close_idle(session, older_than=60) == 0  # none idle that long
+        assert open_to(fake_ollama) == opened
+        time.sleep(0.05)
+        assert close_idle(session, older_than=0.01) == opened
+        assert open_to(fake_ollama) == 0  # the backend holds no socket for the gateway
+        answer = send(session, prepare("GET", tags), stream=False, timeout=(2, 2))
+        assert answer.status_code == 200  # a closed connection reconnects when next taken
+    finally:
+        session.close()
