@@ -25,7 +25,7 @@ from flask_inference_gateway.fleet.admission import Admission, LocalAdmission
 from flask_inference_gateway.fleet.health import SharedHealth
 from flask_inference_gateway.fleet.semaphore import MemorySemaphores, RedisSemaphores
 from flask_inference_gateway.fleet.shared import SharedAdmission
-from flask_inference_gateway.fleet.store import connect
+from flask_inference_gateway.fleet.store import close_idle_connections, connect
 from flask_inference_gateway.observability import metrics
 from flask_inference_gateway.observability.gpu import Poller, backend_poll
 from flask_inference_gateway.routing.discovery import Catalog, Discovery, follow
@@ -147,13 +147,15 @@ def residency_poll(backends: Callable[[], list[Backend]]) -> Callable[[], None]:
 
 
 def idle_closer(router: Router, older_than: float) -> Callable[[], None]:
-    """Return one pass closing this worker's backend connections idle ``older_than`` s."""
+    """Return one pass closing this worker's backend connections idle ``older_than`` s,
+    and its idle Redis connections."""
 
     def close() -> None:
         for node in router.pool.nodes:
             close_idle = getattr(node.backend, "close_idle", None)
             if close_idle is not None:
                 close_idle(older_than)
+        close_idle_connections()
 
     return close
 

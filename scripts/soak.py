@@ -212,10 +212,14 @@ def main() -> None:
                     gateway_env(args), Path("/tmp/soak-gateway.log"))
     try:
         wait_for(f"http://127.0.0.1:{GATEWAY_PORT}/readyz")
-        time.sleep(2)
+        counts: dict[str, int] = {}
+        warm = [gevent.spawn(one_request, requests.Session(), i, args, counts)
+                for i in range(1, 4 * len(KEYS))]  # every worker opens its files and pools
+        gevent.joinall(warm)
+        gevent.sleep(50)  # ... and closes the connections the warm-up left idle
         started = time.monotonic()
         baseline = sample(gateway.pid, started)
-        counts: dict[str, int] = {}
+        counts.clear()
         samples: list[dict[str, Any]] = []
         until = started + args.minutes * 60
         turns = itertools.count(1)

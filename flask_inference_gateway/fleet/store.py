@@ -49,6 +49,14 @@ def connect(url: str, timeout: float) -> redis.Redis:
         return client
 
 
+def close_idle_connections() -> None:
+    """Close this process's idle Redis connections; the next call that needs one reconnects."""
+    with _lock:
+        clients = [c for (_, _, pid), c in _clients.items() if pid == os.getpid()]
+    for client in clients:
+        client.connection_pool.disconnect(inuse_connections=False)
+
+
 def instance_id() -> str:
     """Return a name for this process, unique in the fleet (host, pid, random)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

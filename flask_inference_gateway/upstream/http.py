@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -146,7 +146,9 @@ def close_idle(session: requests.Session, older_than: float) -> int:
     closed, limit = 0, time.monotonic() - older_than
     for adapter in {id(a): a for a in session.adapters.values()}.values():
         for pool in getattr(adapter, "_pools", {}).values():
-            with pool.pool.mutex:  # no request takes or returns one meanwhile
+            # No request takes or returns one meanwhile: the queue's lock under
+            # threads; gevent's queue has none and no other greenlet runs here.
+            with getattr(pool.pool, "mutex", None) or nullcontext():
                 for connection in pool.pool.queue:
                     idle_since = getattr(connection, "gateway_idle_since", None)
                     if getattr(connection, "sock", None) is not None and idle_since is not None \
