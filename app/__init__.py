@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from flask.sessions import NullSession, SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flask_inference_gateway import InferenceGateway
@@ -36,9 +37,28 @@ def configure_logging(level: str, kind: str) -> None:
                 logger.addHandler(handler)
 
 
+class NoSessions(SessionInterface):
+    """No cookie sessions: the gateway authenticates each request by its API key."""
+
+    null = NullSession()  # read-only (writing raises), so every request may share it
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        """Open none."""
+        return None
+
+    def make_null_session(self, app: Flask) -> NullSession:
+        """Return the shared null session instead of building one per request."""
+        return self.null
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        """Save nothing."""
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Create the gateway app; ``config`` overrides settings read from the environment."""
     app = Flask(__name__, static_folder=None)
+    # A session per request (Flask's default) costs about 1 % of a stream's CPU for nothing.
+    app.session_interface = NoSessions()
     app.config.from_mapping(environ_config())
     app.config.update(config or {})
     settings = Settings.from_mapping(app.config)

@@ -67,3 +67,21 @@ def test_docs_live_under_the_prefix(host: Flask) -> None:
     asset = client.get("/ai/swaggerui/swagger-ui-bundle.js")
     assert asset.status_code == 200
     asset.close()
+
+
+def test_the_deployable_app_builds_no_session_per_request_but_a_host_keeps_its_own() -> None:
+    from flask import session
+    from flask.sessions import SecureCookieSessionInterface
+
+    from app import NoSessions, create_app
+    from flask_inference_gateway import InferenceGateway
+
+    gateway_app = create_app({"GATEWAY_AUTH_DISABLED": "1"})
+    seen = []
+    for _ in range(2):
+        with gateway_app.test_request_context("/healthz"):
+            seen.append(session._get_current_object())  # type: ignore[attr-defined]
+    assert isinstance(gateway_app.session_interface, NoSessions) and seen[0] is seen[1]
+    host = Flask("host")
+    InferenceGateway(host, config={"GATEWAY_AUTH_DISABLED": "1"})
+    assert type(host.session_interface) is SecureCookieSessionInterface

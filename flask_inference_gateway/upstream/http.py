@@ -107,6 +107,10 @@ class PooledAdapter(HTTPAdapter):
             self._pools[origin] = pool
         return pool
 
+    def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
+        """Return the path to request: backend calls never go through a proxy."""
+        return request.path_url
+
     def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
         """Wrap urllib3's response without the cookie-jar and charset work."""
         response = requests.Response()
