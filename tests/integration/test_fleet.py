@@ -138,3 +138,34 @@ def test_a_killed_workers_stream_slots_come_back_within_a_lease(gateway_server, 
         recovered = time.monotonic() - killed
     print(f"\nthe killed worker's stream slots were free again {recovered:.2f} s after SIGKILL")
     assert recovered > 0.5  # they lapsed with their lease; nobody gave them back
+
+
+def test_a_light_key_is_served_next_not_behind_a_heavy_keys_queue(gateway_server, fakes,
+                                                                 redis_server) -> None:
+    """Cap 1, 2 workers, one Redis: 8 heavy requests queue, then one light one reaches the
+    backend within the next two slots (a FIFO would serve it ninth)."""
+    fake = fakes(itl=0.05, tokens=6)
+    keys = {"heavy": "gw-test-heavy-0123456789", "light": "gw-test-light-0123456789"}
+    server = gateway_server(**fleet_env(redis_server.url, fake.url,
+                                        GATEWAY_BACKEND_MAX_CONCURRENCY="1",
+                                        GATEWAY_AUTH_DISABLED="0", GATEWAY_API_KEYS_FILE="",
+                                        GATEWAY_API_KEYS=",".join(f"{n}:{k}"
+                                                                  for n, k in keys.items())))
+
+    def ask(name: str, prompt: str) -> int:
+        return call(server.url, GENERATE, body_for(GENERATE, prompt), limit_s=60,
+                    headers={"Authorization": f"Bearer {keys[name]}"}).status
+
+    with ThreadPoolExecutor(10) as pool:
+        heavy = [pool.submit(ask, "heavy", f"heavy {i}") for i in range(8)]
+        assert wait_until(lambda: fake.stats["requests"] == 1, 5)
+        time.sleep(0.5)  # the other 7 are queued by now
+        served_before = fake.stats["requests"]
+        light = pool.submit(ask, "light", "light")
+        assert light.result() == 200 and all(h.result() == 200 for h in heavy)
+    order = [body["prompt"] for body in fake.requests_seen]
+    behind = order.index("light") - served_before
+    print(f"\nthe light request waited behind {behind} heavy one(s); "
+          f"{len(order) - 1 - order.index('light')} heavy ones came after it")
+    # Its tag ties with the next heavy one's at most: one slot, not the whole queue.
+    assert behind <= 1 and order.index("light") < len(order) - 4, order
