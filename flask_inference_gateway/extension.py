@@ -178,11 +178,11 @@ def build_state(settings: Settings) -> GatewayState:
                # residency), so none goes to a backend that lacks its model.
                Poller(router.probe_all, settings.probe_seconds, exclusive=False,
                       first_wait=FIRST_PROBE_WAIT))
-    if catalog.dynamic:  # dns+ URLs: each worker's pool follows what their names resolve to
-        pollers += (Poller(follow(catalog, router.pool), settings.dns_seconds, exclusive=False),)
     if settings.upstream_idle_seconds:
         pollers += (Poller(idle_closer(router, settings.upstream_idle_seconds),
                            settings.upstream_idle_seconds / 2, exclusive=False),)
+    if catalog.dynamic:  # dns+ URLs: each worker's pool follows what their names resolve to
+        pollers += (Poller(follow(catalog, router.pool), settings.dns_seconds, exclusive=False),)
     return GatewayState(settings=settings, service=service, keys=keys, pollers=pollers)
 
 

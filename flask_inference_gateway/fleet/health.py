@@ -6,7 +6,10 @@ worker that saw the last one opens the circuit and publishes it on the
 health channel: every worker of every replica stops sending to that backend
 at once, so a dead backend costs the fleet that many failed attempts, not
 that many per worker. A success or an answered probe after failures closes
-it everywhere the same way. Redis down: each worker keeps its own breakers.
+it everywhere the same way. What a probe finds (models, those in memory)
+goes to every worker too when it changed, so a worker that has not probed a
+backend yet routes on what another one learnt. Redis down: each worker keeps
+its own breakers and probes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 
 import redis
 
+from flask_inference_gateway.core.types import Probe
 from flask_inference_gateway.fleet.bus import bus_for
 from flask_inference_gateway.fleet.store import instance_id
 
@@ -27,6 +31,7 @@ PREFIX = "gw:health:"
 
 Opened = Callable[[str, float, str], None]  # url, seconds open, error
 Closed = Callable[[str], None]  # url
+Learned = Callable[[str, Probe], None]  # url, what its probe found
 
 
 class SharedHealth:
@@ -40,12 +45,19 @@ class SharedHealth:
         self.me = instance_id()
         self._opened: Opened | None = None
         self._closed: Closed | None = None
+        self._learned: Learned | None = None
         self._warned = False
 
-    def listen(self, opened: Opened, closed: Closed) -> None:
-        """Call ``opened``/``closed`` when another worker opens or closes a circuit."""
-        self._opened, self._closed = opened, closed
+    def listen(self, opened: Opened, closed: Closed, learned: Learned) -> None:
+        """Call ``opened``/``closed`` when another worker opens or closes a circuit, and
+        ``learned`` when its probe found new models or residency."""
+        self._opened, self._closed, self._learned = opened, closed, learned
         bus_for(self.client).on(self.channel, self._message)
+
+    def probed(self, url: str, probe: Probe) -> None:
+        """Tell every worker what a probe of ``url`` found."""
+        self._publish({"url": url, "open": 0, "probe": {
+            "models": probe.models, "loaded": sorted(probe.loaded), "version": probe.version}})
 
     def failed(self, url: str, cooldown: float) -> int:
         """Count a failure of ``url``; return the fleet's count in this cool-down (0: unknown)."""
@@ -89,7 +101,11 @@ class SharedHealth:
         news = json.loads(data)
         if news.get("from") == self.me or self._opened is None or self._closed is None:
             return
-        if news["open"]:
+        found = news.get("probe")
+        if found is not None and self._learned is not None:
+            self._learned(news["url"], Probe(found["models"], set(found["loaded"]),
+                                             found.get("version", "")))
+        elif news["open"]:
             self._opened(news["url"], float(news["open"]), str(news.get("error", "")))
         else:
             self._closed(news["url"])

@@ -83,7 +83,7 @@ class BackendPool:
         self._turn = itertools.count()
         self.health = health
         if health is not None:
-            health.listen(self._opened_elsewhere, self._closed_elsewhere)
+            health.listen(self._opened_elsewhere, self._closed_elsewhere, self._probed_elsewhere)
 
     def candidates(self, model: str, exclude: Iterable[Node] = (),
                    key: bytes | None = None) -> list[Node]:
@@ -195,8 +195,17 @@ class BackendPool:
 
     def probed(self, node: Node, probe: Probe) -> None:
         """Record a successful health probe: fresh model lists, circuit closed."""
+        before = (node.models, node.loaded)
         node.learn(probe)
+        if self.health and (node.models, node.loaded) != before:
+            self.health.probed(node.url, probe)
         self._close(node, "answers its probe again")
+
+    def _probed_elsewhere(self, url: str, probe: Probe) -> None:
+        """Take what another worker's probe of ``url`` found."""
+        for node in self.nodes:
+            if node.url == url:
+                node.learn(probe)
 
     def _close(self, node: Node, why: str) -> None:
         """Close ``node``'s circuit after a success; tell the fleet if it had failures."""

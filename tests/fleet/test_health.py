@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from flask_inference_gateway.core.types import Probe
 from flask_inference_gateway.fleet.health import SharedHealth
 from flask_inference_gateway.routing.pool import BackendPool, Node
 from tests.integration.redis_server import RedisServer
@@ -73,3 +74,13 @@ def test_redis_down_keeps_each_workers_own_breaker() -> None:
     assert not is_open(pool.nodes[0])
     pool.failed(pool.nodes[0], "backend_unavailable", "refused")
     assert is_open(pool.nodes[0])
+
+
+def test_what_one_workers_probe_finds_every_worker_learns(workers) -> None:
+    one, other = workers
+    assert other.nodes[0].models is None  # it has not probed that backend yet
+    one.probed(one.nodes[0], Probe([{"id": "qwen3:latest"}], {"qwen3:latest"}, "0.24.0"))
+    assert eventually(lambda: other.nodes[0].models is not None)
+    assert other.nodes[0].models == {"qwen3", "qwen3:latest"}
+    assert other.nodes[0].loaded == {"qwen3", "qwen3:latest"}
+    assert [n.url for n in other.candidates("qwen3")] == ["http://a:11434"]
