@@ -147,6 +147,25 @@ def sample(master: int, started: float) -> dict[str, Any]:
             "series": series}
 
 
+def sockets(master: int) -> dict[str, dict[str, int]]:
+    """Return each worker's TCP sockets by what they connect to (for the report)."""
+    out = subprocess.run(["ss", "-tanp"], capture_output=True, text=True).stdout
+    names = {str(GATEWAY_PORT): "clients", str(BACKEND_PORT): "backend",
+             str(REDIS_PORT): "redis"}
+    found: dict[str, dict[str, int]] = {}
+    for pid in workers(master):
+        kinds: dict[str, int] = {}
+        for line in out.splitlines():
+            if f"pid={pid}," not in line:
+                continue
+            parts = line.split()
+            local, peer = parts[3].rsplit(":", 1)[1], parts[4].rsplit(":", 1)[1]
+            kind = names.get(local if local == str(GATEWAY_PORT) else peer, "other")
+            kinds[f"{kind} {parts[0]}"] = kinds.get(f"{kind} {parts[0]}", 0) + 1
+        found[str(pid)] = kinds
+    return found
+
+
 def verdict(samples: list[dict[str, Any]], baseline: dict[str, Any],
             after: dict[str, Any], warmup: float) -> dict[str, Any]:
     """Check RSS within 10 % of its post-warm-up value, fds back, series bounded."""
@@ -232,7 +251,7 @@ def main() -> None:
         # Hung streams time out; pooled backend connections idle past
         # GATEWAY_UPSTREAM_IDLE_SECONDS (30 s) are closed by the next pass (every 15 s).
         gevent.sleep(50)
-        after = sample(gateway.pid, started)
+        after = sample(gateway.pid, started) | {"sockets": sockets(gateway.pid)}
         result = {"settings": vars(args) | {"venv": str(args.venv), "out": str(args.out),
                                             "plot": str(args.plot)},
                   "answers": counts, "baseline": baseline, "after": after,

@@ -12,6 +12,7 @@ from flask import Blueprint, Response
 from flask_limiter import Limiter, RateLimitExceeded
 
 from flask_inference_gateway.core.errors import GatewayError, LimitsUnavailable, RateLimited
+from flask_inference_gateway.fleet.store import connect
 from flask_inference_gateway.security.keys import Principal
 from flask_inference_gateway.settings import Settings
 
@@ -73,10 +74,9 @@ def storage_settings(settings: Settings) -> dict[str, Any]:
     timeout = settings.redis_timeout
     fail_open = settings.redis_fail_open
     return {"storage_uri": url,
-            "storage_options": {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                                # redis-py's default of 100 is short of a gevent worker's
-                                # thousand requests at once: refused, not queued
-                                "max_connections": settings.worker_connections},
+            # The process's one pool (fleet/store.py): timed calls, enough connections
+            # for a gevent worker's thousand requests, idle ones closed with the rest.
+            "storage_options": {"connection_pool": connect(url, timeout).connection_pool},
             "in_memory_fallback_enabled": fail_open,
             "in_memory_fallback": [FAIL_OPEN_LIMIT] if fail_open else None}
 
