@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT.parent / "shared" / "bench"
 BACKEND_PORT, GATEWAY_PORT, REDIS_PORT = 12301, 12300, 12302
 KEYS = [f"soak{i}:gw-soak-key-{i:02d}-0123456789abcdef" for i in range(8)]
+FD_SLACK = 10  # descriptors a worker may hold past its baseline once the load stops
 FAULTS = ["[[sim:status=503]]", "[[sim:die-after=3]]", "[[sim:hang]]", "LONG", "MODEL"]
 
 
@@ -180,7 +181,9 @@ def verdict(samples: list[dict[str, Any]], baseline: dict[str, Any],
     series = [s["series"] for s in warm]
     checks["series"] = {"after_warmup": series[0], "max": max(series),
                         "ok": max(series) <= series[0] * 1.1 + 20}
-    checks["fds_ok"] = all(after["fds"].get(pid, 0) <= count + 2
+    # A few sockets live as long as the worker (its pub/sub subscriber, a pooled
+    # connection the pollers keep using); thousands of idle ones must be gone.
+    checks["fds_ok"] = all(after["fds"].get(pid, 0) <= count + FD_SLACK
                            for pid, count in baseline["fds"].items())
     checks["ok"] = (all(r["ok"] for r in checks["rss"].values()) and checks["series"]["ok"]
                     and checks["fds_ok"])
