@@ -143,7 +143,7 @@ def test_a_killed_workers_stream_slots_come_back_within_a_lease(gateway_server, 
 def test_a_light_key_is_served_next_not_behind_a_heavy_keys_queue(gateway_server, fakes,
                                                                  redis_server) -> None:
     """Cap 1, 2 workers, one Redis: 8 heavy requests queue, then one light one reaches the
-    backend within the next two slots (a FIFO would serve it ninth)."""
+    backend within the next few slots (a FIFO would serve it ninth)."""
     fake = fakes(itl=0.05, tokens=6)
     keys = {"heavy": "gw-test-heavy-0123456789", "light": "gw-test-light-0123456789"}
     server = gateway_server(**fleet_env(redis_server.url, fake.url,
@@ -167,5 +167,6 @@ def test_a_light_key_is_served_next_not_behind_a_heavy_keys_queue(gateway_server
     behind = order.index("light") - served_before
     print(f"\nthe light request waited behind {behind} heavy one(s); "
           f"{len(order) - 1 - order.index('light')} heavy ones came after it")
-    # Its tag ties with the next heavy one's at most: one slot, not the whole queue.
-    assert behind <= 1 and order.index("light") < len(order) - 4, order
+    # Behind at most the heavy request its tag ties with, and one granted while it was
+    # on its way in; a FIFO would have put it behind all seven.
+    assert behind <= 2 and order.index("light") < len(order) - 4, order
