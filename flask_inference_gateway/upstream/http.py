@@ -32,6 +32,7 @@ from flask_inference_gateway.core.errors import (
 )
 from flask_inference_gateway.core.types import Timeouts
 from flask_inference_gateway.observability.context import request_id as current_request_id
+from flask_inference_gateway.upstream.connection import POOL_CLASSES
 from flask_inference_gateway.upstream.watch import client_left, track_connection
 
 DEFAULT_RETRY_AFTER = "1"
@@ -95,6 +96,11 @@ class PooledAdapter(HTTPAdapter):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._pools: dict[str, Any] = {}
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Make the pool manager, its pools of the gateway's connections (connection.py)."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
 
     def get_connection_with_tls_context(self, request: requests.PreparedRequest, verify: Any,
                                         proxies: Any = None, cert: Any = None) -> Any:
