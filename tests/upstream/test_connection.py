@@ -75,20 +75,6 @@ def test_a_request_without_a_body_sends_its_head() -> None:
     assert writes[0].endswith(b"\r\n\r\n")
 
 
-def test_is_connected_sees_a_closed_peer_and_stray_bytes() -> None:
-    conn = GatewayHTTPConnection("127.0.0.1", 9)
-    assert conn.is_connected is False  # never connected
-    left, right = socket.socketpair()
-    conn.sock = left  # type: ignore[assignment]
-    with left, right:
-        assert conn.is_connected is True
-        right.sendall(b"x")  # an idle connection with bytes waiting is not reusable
-        assert conn.is_connected is False
-        left.recv(1)
-        right.close()
-        assert conn.is_connected is False
-
-
 def test_the_session_pools_make_the_gateways_connections() -> None:
     adapter = make_session(4).get_adapter("http://x")
     manager = adapter.poolmanager  # type: ignore[attr-defined]
