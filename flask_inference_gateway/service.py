@@ -159,6 +159,8 @@ class InferenceService:
                gone: Callable[[], bool] = never_gone) -> Generation:
         """Start and prime a streamed generation; the caller owns (closes) what it returns."""
         request, reservation = self._admit(request, principal)
+        if self.log_prompts:  # the log takes the text: decode every token
+            request = replace(request, passthrough=None)
         release = _release_nothing
         try:
             if self.ledger:

@@ -121,6 +121,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Upper bound a request may ask for in max_tokens."),
     Setting("GATEWAY_HEARTBEAT_SECONDS", parse_positive_float, 15.0,
             "Seconds of backend silence after which a stream gets a ': ping' comment."),
+    Setting("GATEWAY_STREAM_PASSTHROUGH", parse_bool, True,
+            "Stream a backend's own bytes to a client of its API (OpenAI to OpenAI-compatible, "
+            "Ollama to Ollama) instead of re-encoding each token; ids and field order are then "
+            "the backend's. Off with GATEWAY_LOG_PROMPTS."),
     Setting("GATEWAY_MODELS_CACHE_SECONDS", float, 10.0,
             "How long GET /v1/models reuses the backend's model list (0 disables)."),
     Setting("GATEWAY_GRACEFUL_TIMEOUT", parse_positive_int, 30,
@@ -212,6 +216,7 @@ class Settings:
     max_body_bytes: int
     max_tokens: int
     heartbeat_seconds: float
+    stream_passthrough: bool
     models_cache_seconds: float
     graceful_timeout: int
     auth_disabled: bool

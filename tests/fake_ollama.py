@@ -143,6 +143,7 @@ class FakeOllama:
         self._lock = threading.Lock()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
         self._seen: list[dict[str, Any]] = []
+        self._streams: list[bytearray] = []  # the payload of each stream sent
         self._conns: set[socket.socket] = set()
         self.connections_accepted = 0
         self._server: _Server | None = None
@@ -216,6 +217,18 @@ class FakeOllama:
         with self._lock:
             return [dict(body) for body in self._seen]
 
+    @property
+    def streams_sent(self) -> list[bytes]:
+        """Return the payload bytes of each stream sent so far (unchunked), oldest first."""
+        with self._lock:
+            return [bytes(sent) for sent in self._streams]
+
+    def new_stream(self) -> bytearray:
+        """Return the buffer that keeps what one stream sends."""
+        with self._lock:
+            self._streams.append(bytearray())
+            return self._streams[-1]
+
     def reset(self) -> None:
         """Zero the counters (except active) and forget the bodies seen."""
         with self._lock:
@@ -223,6 +236,7 @@ class FakeOllama:
             self._stats = dict.fromkeys(STAT_KEYS, 0)
             self._stats["active"] = active
             self._seen.clear()
+            self._streams.clear()
 
     def wait_for(self, key: str, value: int, timeout: float = 5.0) -> bool:
         """Poll until stats[key] >= value; return whether it got there in time."""
@@ -741,8 +755,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     stream_type = NDJSON_TYPE
 
+    _sent: bytearray | None = None  # what this request's stream sent, kept by the fake
+
     def _start_stream(self) -> None:
         """Send the headers of a chunked streamed response."""
+        self._sent = self.fake.new_stream()
         self.send_response(200)
         self.send_header("Content-Type", self.stream_type)
         self.send_header("Transfer-Encoding", "chunked")
@@ -750,6 +767,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_chunk(self, data: bytes) -> None:
         """Write one HTTP chunk in a single send; empty data ends the body."""
+        if self._sent is not None:  # kept before it goes: a client never reads ahead of it
+            self._sent += data
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:

@@ -55,6 +55,27 @@ class Encoder(Protocol):
         """Encode a failure after the stream started."""
 
 
+class Verbatim:
+    """Write a stream of the backend's own frames (upstream/verbatim.py) as they came."""
+
+    def __init__(self, ping: bytes, end: bytes, error: Callable[[GatewayError], bytes]) -> None:
+        self.ping = ping
+        self._end = end  # what the dialect sends after the backend's last frame
+        self._error = error
+
+    def pieces(self, pieces: list[bytes]) -> bytes:
+        """Join frames that arrived together into one write."""
+        return b"".join(pieces)
+
+    def done(self, stream: TokenStream) -> bytes:
+        """Return the end of the stream: the backend's last frame has gone already."""
+        return self._end
+
+    def error(self, error: GatewayError) -> bytes:
+        """Encode a failure in the dialect's shape."""
+        return self._error(error)
+
+
 class Relay:
     """Write one opened stream to its client, and close it once, whatever happens."""
 

@@ -1,7 +1,9 @@
 """What a stream carries besides text: thinking, tool calls, log probabilities.
 
 A stream's pieces are plain ``str`` for text, the common case (encoders keep a
-fast path for it), or a ``Delta`` when the backend sent more. ``Answer``
+fast path for it), or a ``Delta`` when the backend sent more. A stream passed
+on to a client of the backend's own API carries ``Frame``s instead: the
+backend's bytes, written as they came (upstream/verbatim.py). ``Answer``
 assembles pieces into a whole answer: text and thinking concatenated, tool
 call fragments merged by index (OpenAI-compatible servers stream a call's
 arguments in fragments; Ollama sends each call whole).
@@ -38,7 +40,8 @@ class Delta:
     logprobs: tuple[dict[str, Any], ...] = ()  # per token: token, logprob, bytes, top_logprobs
 
 
-Piece = Union[str, Delta]
+Frame = bytes  # a line of the backend's own stream, relayed as it came
+Piece = Union[str, Delta, Frame]
 
 
 def text_of(piece: Piece) -> str:

@@ -148,6 +148,9 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int | None = None
     extra: Extra | None = None  # unknown fields, for a backend of the client's kind
+    # The client's API (ollama or openai) when a backend of that kind may stream
+    # its own bytes back to it as they come (upstream/verbatim.py).
+    passthrough: str | None = None
 
     @property
     def empty(self) -> bool:

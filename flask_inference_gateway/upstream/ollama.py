@@ -32,6 +32,7 @@ from flask_inference_gateway.upstream.http import (
 )
 from flask_inference_gateway.upstream.stream import TokenStream, parse_object
 from flask_inference_gateway.upstream.translate import extras_for, linked, refuse, tool_body
+from flask_inference_gateway.upstream.verbatim import OllamaFrames
 
 # Gateway option name -> Ollama option name.
 OPTION_NAMES = {"max_tokens": "num_predict", "temperature": "temperature", "top_p": "top_p",
@@ -55,7 +56,10 @@ class LineDecoder:
 
     def __call__(self, stream: TokenStream, line: bytes) -> Piece | None:
         """Return the piece in one line; record the usage on the final one."""
-        data = parse_object(line)
+        return self.take(stream, parse_object(line))
+
+    def take(self, stream: TokenStream, data: dict[str, Any]) -> Piece | None:
+        """Return the piece of one decoded line; finish the stream on the final one."""
         if data.get("done"):
             stream.finish(data.get("done_reason"), usage_of(data), data.get("model"), data)
         message = data.get("message")
@@ -218,8 +222,11 @@ class OllamaBackend(BackendClient):
 
     def stream(self, request: GenerationRequest, deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller owns (closes) the returned stream."""
-        return self.post_stream(ENDPOINTS[request.op], build_payload(request),
-                                LineDecoder(), request.model, deadline)
+        decoder: Any = LineDecoder()
+        if request.passthrough == self.kind:  # an Ollama client: the server's own lines
+            decoder = OllamaFrames(decoder)
+        return self.post_stream(ENDPOINTS[request.op], build_payload(request), decoder,
+                                request.model, deadline)
 
     def embed(self, request: EmbeddingRequest, deadline: float | None = None) -> Embeddings:
         """Return the embedding of each input (Ollama's /api/embed)."""

@@ -20,8 +20,9 @@ from flask_inference_gateway.core.types import (
     Usage,
 )
 from flask_inference_gateway.upstream.client import BackendClient
-from flask_inference_gateway.upstream.stream import TokenStream, parse_object
+from flask_inference_gateway.upstream.stream import LineDecoder, TokenStream, parse_object
 from flask_inference_gateway.upstream.translate import extras_for, linked, refuse, tool_body
+from flask_inference_gateway.upstream.verbatim import OpenAIFrames
 
 ENDPOINTS = {Op.GENERATE: "/v1/completions", Op.CHAT: "/v1/chat/completions"}
 
@@ -198,13 +199,22 @@ class StreamDecoder:
 
     def __call__(self, stream: TokenStream, line: bytes) -> Piece | None:
         """Return the piece in one SSE line; finish the stream on ``[DONE]``."""
+        data = self.data_of(stream, line)
+        return None if data is None else self.take(data)
+
+    def data_of(self, stream: TokenStream, line: bytes) -> dict[str, Any] | None:
+        """Return the chunk in one SSE line: None for other lines, and for ``[DONE]``,
+        which finishes the stream."""
         if not line.startswith(b"data:"):
             return None  # comments, event names, ids
         payload = line[5:].strip()
         if payload == b"[DONE]":
             stream.finish(self.done_reason, self.usage, self.model, self.final)
             return None
-        data = parse_object(payload)
+        return parse_object(payload)
+
+    def take(self, data: dict[str, Any]) -> Piece | None:
+        """Note a chunk's model, usage and finish reason; return its piece."""
         self.model = self.model or data.get("model")
         if data.get("usage"):
             self.usage = usage_of(data["usage"])
@@ -233,8 +243,11 @@ class OpenAIBackend(BackendClient):
 
     def stream(self, request: GenerationRequest, deadline: float | None = None) -> TokenStream:
         """Start a streamed generation; the caller owns (closes) the returned stream."""
-        return self.post_stream(ENDPOINTS[request.op], build_payload(request),
-                                StreamDecoder(), request.model, deadline)
+        decoder: LineDecoder = StreamDecoder()
+        if request.passthrough == self.kind:  # an OpenAI client: the server's own chunks
+            decoder = OpenAIFrames(decoder, request.include_usage)
+        return self.post_stream(ENDPOINTS[request.op], build_payload(request), decoder,
+                                request.model, deadline)
 
     def embed(self, request: EmbeddingRequest, deadline: float | None = None) -> Embeddings:
         """Return the embedding of each input (/v1/embeddings)."""

@@ -92,6 +92,8 @@ class TokenStream:
         self.error_message: str | None = None
         self.final: dict[str, Any] = {}  # the backend's last object, as it sent it
         self.keep_text = False  # keep the pieces, for GATEWAY_LOG_PROMPTS
+        # The pieces are the backend's own bytes (frames), for a client of its API.
+        self.verbatim: bool = getattr(decode, "verbatim", False)
         self._text: list[Piece] = []
         self._response = response
         self._body = BodyReader(response, timeouts.between_tokens,

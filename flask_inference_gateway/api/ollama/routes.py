@@ -10,6 +10,7 @@ management.py). Errors take Ollama's shape, ``{"error": "message"}``
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from flask import Response, request
@@ -41,8 +42,8 @@ from flask_inference_gateway.api.ollama.schemas import (
 )
 from flask_inference_gateway.api.ollama.wire import (
     NDJSON,
-    OllamaLines,
     embed_answer,
+    encoder_for,
     loaded_answer,
     unloads,
     whole_answer,
@@ -87,8 +88,10 @@ def generation(schema: type[OllamaRequest]) -> Response:
     if not generation.stream:
         completion = state.service.complete(generation, principal, gone)
         return json_response(whole_answer(generation.op, completion, started))
+    if state.settings.stream_passthrough:
+        generation = replace(generation, passthrough="ollama")
     return stream_response(lambda: state.service.stream(generation, principal, gone),
-                           lambda stream: OllamaLines(generation.op, stream.model, started),
+                           lambda stream: encoder_for(generation.op, stream, started),
                            state.settings.heartbeat_seconds, mimetype=NDJSON)
 
 

@@ -19,6 +19,7 @@ import orjson
 
 from flask_inference_gateway.api.calls import ollama_call
 from flask_inference_gateway.api.ollama import errors
+from flask_inference_gateway.api.relay import Encoder, Verbatim
 from flask_inference_gateway.core.errors import GatewayError
 from flask_inference_gateway.core.pieces import Answer, Delta, Piece, ToolCall
 from flask_inference_gateway.core.types import Completion, Embeddings, Op, Usage
@@ -156,3 +157,9 @@ class OllamaLines:
     def error(self, error: GatewayError) -> bytes:
         """Encode a failure mid-stream."""
         return error_line(error)
+
+
+def encoder_for(op: Op, stream: TokenStream, started: float) -> Encoder:
+    """Return the encoder of a stream: Ollama's own lines as sent, or the gateway's."""
+    lines = OllamaLines(op, stream.model, started)
+    return Verbatim(lines.ping, b"", error_line) if stream.verbatim else lines

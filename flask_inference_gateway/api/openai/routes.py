@@ -9,6 +9,8 @@ declare ``dialect = "openai"`` and ``api/errors.py`` renders accordingly.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from flask import Response, request
 from flask_restx import Namespace, Resource
 
@@ -30,7 +32,7 @@ from flask_inference_gateway.api.openai.schemas import (
     EmbeddingRequest,
     Sampling,
 )
-from flask_inference_gateway.api.openai.wire import OpenAIChunks, completion_body, embedding_body
+from flask_inference_gateway.api.openai.wire import completion_body, embedding_body, encoder_for
 from flask_inference_gateway.api.relay import stream_response
 from flask_inference_gateway.api.state import gateway
 from flask_inference_gateway.core.types import GenerationRequest
@@ -62,9 +64,11 @@ def answer(generation: GenerationRequest) -> Response:
     state = gateway()
     principal, gone = current_principal(), client_probe(request.environ)
     if generation.stream:
+        if state.settings.stream_passthrough:
+            generation = replace(generation, passthrough="openai")
         return stream_response(
             lambda: state.service.stream(generation, principal, gone),
-            lambda stream: OpenAIChunks(generation.op, stream.model, generation.include_usage),
+            lambda stream: encoder_for(generation.op, stream, generation.include_usage),
             state.settings.heartbeat_seconds)
     completion = state.service.complete(generation, principal, gone)
     return json_response(completion_body(generation.op, completion))

@@ -12,7 +12,7 @@ import orjson
 from flask_inference_gateway.api.calls import CallFragments, openai_call, reason_with_calls
 from flask_inference_gateway.api.common import new_id
 from flask_inference_gateway.api.openai import errors
-from flask_inference_gateway.api.relay import PING, event
+from flask_inference_gateway.api.relay import PING, Encoder, Verbatim, event
 from flask_inference_gateway.core.errors import GatewayError
 from flask_inference_gateway.core.pieces import Delta, Piece
 from flask_inference_gateway.core.types import Completion, Embeddings, Op, Usage
@@ -165,4 +165,16 @@ class OpenAIChunks:
 
     def error(self, error: GatewayError) -> bytes:
         """Encode ``data: {"error": {...}}`` in OpenAI's shape, then [DONE]."""
-        return event(errors.body(error)) + DONE
+        return error_event(error)
+
+
+def error_event(error: GatewayError) -> bytes:
+    """Encode a failure after the stream started: ``data: {"error": {...}}``, then [DONE]."""
+    return event(errors.body(error)) + DONE
+
+
+def encoder_for(op: Op, stream: TokenStream, include_usage: bool) -> Encoder:
+    """Return the encoder of a stream: the server's own chunks as sent, or the gateway's."""
+    if stream.verbatim:
+        return Verbatim(PING, DONE, error_event)
+    return OpenAIChunks(op, stream.model, include_usage)

@@ -72,7 +72,9 @@ def backend(request: pytest.FixtureRequest, make_client: Callable[..., FlaskClie
     if request.param == "ollama":
         return make_client(), fake_ollama
     fake = request.getfixturevalue("fake_vllm")
-    return make_client(GATEWAY_OLLAMA_URL="", GATEWAY_OPENAI_URL=fake.url + "/v1"), fake
+    # The gateway's own chunks over both kinds; test_passthrough.py has the server's own.
+    return make_client(GATEWAY_OLLAMA_URL="", GATEWAY_OPENAI_URL=fake.url + "/v1",
+                       GATEWAY_STREAM_PASSTHROUGH="0"), fake
 
 
 def sent_tokens(fake: FakeOllama) -> int:
