@@ -41,16 +41,22 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def text_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Run the gateway in front of llama-server with the plain tiny model (text)."""
-    folder = tmp_path_factory.mktemp("llama-text")
-    with llama_server(folder) as url:
-        server = start_gateway({"GATEWAY_OLLAMA_URL": "", "GATEWAY_OPENAI_URL": url + "/v1",
-                                "GATEWAY_DEFAULT_MODEL": "tiny"}, folder / "gunicorn.log")
-        try:
-            yield server.url
-        finally:
-            server.stop()
+def text_llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Run llama-server with the plain tiny model (text)."""
+    with llama_server(tmp_path_factory.mktemp("llama-text")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def text_gateway(text_llama: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Run the gateway in front of llama-server with the plain tiny model."""
+    folder = tmp_path_factory.mktemp("gateway-text")
+    server = start_gateway({"GATEWAY_OLLAMA_URL": "", "GATEWAY_OPENAI_URL": text_llama + "/v1",
+                            "GATEWAY_DEFAULT_MODEL": "tiny"}, folder / "gunicorn.log")
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -210,3 +216,20 @@ def test_embeddings_from_llama_server(gateway_server: Callable[..., GatewayProce
     assert len(vectors) == 2 and len(vectors[0]) > 0
     for ours, theirs in zip(ollama_answer["embeddings"], vectors, strict=True):
         assert ours == pytest.approx(theirs)
+
+
+def test_an_openai_client_reads_the_servers_own_chunks(text_gateway: str,
+                                                       text_llama: str) -> None:
+    # Passed on as sent: llama-server's ids, its timings and every other field, as a
+    # direct request gets them.
+    body = {"model": "tiny", "messages": ASK, "max_tokens": 6, "seed": 7, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+
+    def events(url: str) -> list[dict]:
+        raw = post(url + "/v1/chat/completions", body).content
+        assert raw.endswith(b"data: [DONE]\n\n")
+        return [d for _n, d in parse_sse(raw.removesuffix(b"data: [DONE]\n\n"))]
+    ours, theirs = events(text_gateway), events(text_llama)
+    assert [sorted(event) for event in ours] == [sorted(event) for event in theirs]
+    assert [e["choices"] for e in ours] == [e["choices"] for e in theirs]
+    assert "timings" in ours[-1] and ours[-1]["usage"]["completion_tokens"] == 6

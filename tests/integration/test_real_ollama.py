@@ -194,3 +194,18 @@ def test_a_model_that_cannot_think_says_so(gateway: str, path: str, body: dict,
     error = post(gateway + path, body, status).json()["error"]
     message = error if isinstance(error, str) else error["message"]
     assert "does not support thinking" in message
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat"])
+def test_an_ollama_client_reads_ollamas_own_lines(gateway: str, ollama: str, kind: str) -> None:
+    # Passed on as sent: every field of every line, the final one's context and
+    # durations included, as a direct request gets them.
+    body = {"model": "tiny", "options": {"num_predict": 6, "seed": 7, "temperature": 0},
+            **({"messages": MESSAGES} if kind == "chat" else {"prompt": "def add(a, b):"})}
+    ours = ndjson(post(f"{gateway}/api/{kind}", body))
+    theirs = ndjson(post(f"{ollama}/api/{kind}", body))
+    assert [sorted(line) for line in ours] == [sorted(line) for line in theirs]
+    text = (lambda line: line["message"]["content"]) if kind == "chat" else (
+        lambda line: line["response"])
+    assert [text(line) for line in ours] == [text(line) for line in theirs]
+    assert ours[-1]["eval_count"] == theirs[-1]["eval_count"] == 6
