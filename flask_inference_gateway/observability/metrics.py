@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -72,6 +73,20 @@ def key_label(name: str) -> str:
             _key_labels.add(name)
             return name
     return "other"
+
+
+# Each request records seven or so series; ``labels()`` checks and converts
+# its arguments on every call (1.7 us, against 0.2 us for this lookup).
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """Return the series of ``metric`` for ``labels`` (``metric.labels(*labels)``), kept."""
+    key = (metric, labels)
+    series = _children.get(key)
+    if series is None:
+        series = _children[key] = metric.labels(*labels)
+    return series
 
 
 def exposition() -> tuple[bytes, str]:

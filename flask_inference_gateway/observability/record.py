@@ -85,15 +85,15 @@ class RequestRecord:
 
     def _count(self, duration: float, fields: dict[str, Any]) -> None:
         model = self.model or ""
-        metrics.REQUESTS.labels(self.route, self.method, str(self.status), model).inc()
-        metrics.DURATION.labels(self.route).observe(duration)
+        metrics.child(metrics.REQUESTS, self.route, self.method, str(self.status), model).inc()
+        metrics.child(metrics.DURATION, self.route).observe(duration)
         metrics.IN_FLIGHT.dec()
         if self.backend and fields.get("upstream"):
-            metrics.UPSTREAM.labels(self.backend, fields["upstream"]).inc()
+            metrics.child(metrics.UPSTREAM, self.backend, fields["upstream"]).inc()
         if fields.get("client_left"):
             metrics.DISCONNECTS.inc()
         if "ttft_ms" in fields:
-            metrics.TTFT.labels(model).observe(fields["ttft_ms"] / 1000)
+            metrics.child(metrics.TTFT, model).observe(fields["ttft_ms"] / 1000)
         self._count_tokens(model, fields)
         if self.status == 429 or self.error == "limits_unavailable":
             metrics.RATE_LIMITED.labels(self.limit or "requests").inc()
@@ -105,9 +105,9 @@ class RequestRecord:
         if completion is None:
             return
         key = metrics.key_label(self.key or "anonymous")
-        metrics.PROMPT_TOKENS.labels(model, key).inc(fields.get("prompt_tokens", 0))
-        metrics.COMPLETION_TOKENS.labels(model, key).inc(completion)
+        metrics.child(metrics.PROMPT_TOKENS, model, key).inc(fields.get("prompt_tokens", 0))
+        metrics.child(metrics.COMPLETION_TOKENS, model, key).inc(completion)
         first = self.stream.first_piece_at if self.stream else None
         generating = time.monotonic() - (first or self.started)
         if completion and generating > 0:
-            metrics.TOKEN_RATE.labels(model).observe(completion / generating)
+            metrics.child(metrics.TOKEN_RATE, model).observe(completion / generating)
