@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from unittest.mock import patch
@@ -10,9 +11,16 @@ import gevent.socket
 import pytest
 from gevent import pywsgi
 from gevent.pywsgi import WSGIServer
+from gunicorn.workers import ggevent
 
 from flask_inference_gateway.core.types import never_gone
-from flask_inference_gateway.worker import ONE_WRITE_LIMIT, IdleTimeoutHandler, client_probe
+from flask_inference_gateway.worker import (
+    GC_FIRST_THRESHOLD,
+    ONE_WRITE_LIMIT,
+    GatewayWorker,
+    IdleTimeoutHandler,
+    client_probe,
+)
 
 
 def test_client_watch_sees_a_closed_client_without_reading_its_data() -> None:
@@ -113,3 +121,16 @@ def test_a_header_line_too_long_is_a_400() -> None:
     request = GET.replace(b"\r\n\r\n", b"\r\nX-A: " + b"a" * 70000 + b"\r\n\r\n")
     answer, _ = served(echo_headers, request)
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_a_worker_freezes_its_startup_heap_and_collects_less_often(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ggevent.GeventPyWSGIWorker, "load_wsgi", lambda self: None)
+    threshold = gc.get_threshold()
+    try:
+        GatewayWorker.load_wsgi(object.__new__(GatewayWorker))
+        assert gc.get_freeze_count() > 1000  # this test process's heap, as the app's would be
+        assert gc.get_threshold() == (GC_FIRST_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
