@@ -87,6 +87,21 @@ class IdleTimeoutHandler(ggevent.PyWSGIHandler):
             message.status = "Line too long"  # pywsgi answers 400
             return message
 
+    def _sendall(self, data: bytes) -> None:
+        # gevent's sendall() asks the kernel for the socket's send buffer size
+        # before every write: a getsockopt call per token. One send() takes a
+        # token's bytes whole; sendall() is left for what it did not take.
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except OSError as exc:  # as pywsgi's own: the log line says why, the code turns < 0
+            self.status = f"socket error: {exc}"
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
+
     def _write_with_headers(self, data: bytes) -> None:
         # pywsgi sends the head and then the first piece of the body: two
         # system calls for every response. Both go out in one write instead

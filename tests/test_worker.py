@@ -134,3 +134,43 @@ def test_a_worker_freezes_its_startup_heap_and_collects_less_often(
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+class PartialSocket:
+    """A client socket whose send() takes only ``takes`` bytes at a time."""
+
+    def __init__(self, takes: int, fails: bool = False) -> None:
+        self.takes, self.fails, self.calls = takes, fails, []
+
+    def send(self, data: bytes) -> int:
+        if self.fails:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.calls.append(("send", bytes(data)))
+        return min(self.takes, len(data))
+
+    def sendall(self, data: memoryview) -> None:
+        self.calls.append(("sendall", bytes(data)))
+
+
+def bare_handler(sock: PartialSocket) -> IdleTimeoutHandler:
+    handler = object.__new__(IdleTimeoutHandler)
+    handler.socket, handler.code, handler.response_length = sock, 200, 0
+    return handler
+
+
+def test_a_write_is_one_send_and_what_it_did_not_take_goes_by_sendall() -> None:
+    whole = bare_handler(PartialSocket(takes=100))
+    whole._sendall(b"data: 1\n\n")
+    assert whole.socket.calls == [("send", b"data: 1\n\n")] and whole.response_length == 9
+    partial = bare_handler(PartialSocket(takes=3))
+    partial._sendall(b"hello world")
+    assert partial.socket.calls == [("send", b"hello world"), ("sendall", b"lo world")]
+    assert partial.response_length == 11
+
+
+def test_a_failed_write_marks_the_request_and_raises() -> None:
+    handler = bare_handler(PartialSocket(takes=0, fails=True))
+    with pytest.raises(BrokenPipeError):
+        handler._sendall(b"x")
+    assert handler.code == -200 and handler.status.startswith("socket error")
+    assert handler.response_length == 0
