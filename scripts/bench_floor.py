@@ -12,7 +12,7 @@ run, all in front of the bench's Go simbackend under the bench's Go loadgen:
   floor-gateway-worker  the same app under the gateway's worker class
   gateway             the gateway as the shared bench starts it
 
-For each: requests per second, p99, and the CPU the candidate's processes
+For each: requests per second, p99 (and TTFT p99), and the CPU the candidate's processes
 used per request (user + system, all its processes, over the counted run).
 
     python3 scripts/bench_floor.py --venv /tmp/bench-venv [--seconds 6 --out F]
@@ -36,6 +36,7 @@ SCENARIOS = {  # name: (simbackend flags, stream?, concurrency), as the shared b
     "json-fast": (["-tokens", "16"], False, 64),
     "stream-fast": (["-tokens", "32"], True, 64),
     "json-500ms": (["-tokens", "16", "-ttft", "500ms"], False, 256),
+    "stream-1000": (["-tokens", "50", "-itl", "20ms"], True, 1000),
 }
 CANDIDATES = ("direct", "aiohttp-proxy", "seed-flask-gevent", "floor-gevent",
               "floor-gateway-worker", "gateway")
@@ -106,7 +107,7 @@ def measure(name: str, stream: bool, concurrency: int, args: argparse.Namespace)
             stop(process)
     done = summary["ok"]
     return {"candidate": name, "rps": round(summary["rps"], 1),
-            "p99_ms": summary["total_ms"]["p99"],
+            "p99_ms": summary["total_ms"]["p99"], "ttft_p99_ms": summary["ttft_ms"]["p99"],
             "cpu_us_per_request": round(used / done * 1e6) if process and done else None,
             "errors": sum(summary.get("errors", {}).values()),
             "status": summary.get("status", {})}
