@@ -28,10 +28,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_prefix import wait_for
-from bench_relay import BENCH, BIN, PROXY_PORT, ROOT, build_tools, start, stop, wait_port
+from bench_relay import (
+    BENCH,
+    BIN,
+    PROXY_PORT,
+    ROOT,
+    SIM_PORT,
+    build_tools,
+    simbackend,
+    start,
+    stop,
+    wait_port,
+)
 
-SIM_PORT = 12311
 SCENARIOS = {  # name: (simbackend flags, stream?, concurrency), as the shared bench's
     "json-fast": (["-tokens", "16"], False, 64),
     "stream-fast": (["-tokens", "32"], True, 64),
@@ -125,15 +134,11 @@ def main() -> None:
     results = []
     for scenario in args.scenarios.split(","):
         flags, stream, concurrency = SCENARIOS[scenario]
-        sim = start([str(BIN / "simbackend"), "-addr", f"127.0.0.1:{SIM_PORT}", *flags])
-        try:
-            wait_for(f"http://127.0.0.1:{SIM_PORT}/api/version")
+        with simbackend(flags):
             for name in args.only.split(","):
                 row = {"scenario": scenario, **measure(name, stream, concurrency, args)}
                 results.append(row)
                 print(json.dumps(row), flush=True)
-        finally:
-            stop(sim)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -28,6 +28,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def simbackend(flags: list[str]) -> Iterator[None]:
+    """Run the bench's simbackend on ``SIM_PORT`` with ``flags`` while the block runs."""
+    sim = start([str(BIN / "simbackend"), "-addr", f"127.0.0.1:{SIM_PORT}", *flags])
+    try:
+        wait_for(f"http://127.0.0.1:{SIM_PORT}/api/version")
+        yield
+    finally:
+        stop(sim)
 
 
 def start_candidate(name: str, venv: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
@@ -128,9 +141,7 @@ def main() -> None:
     build_tools()
     results = []
     for scenario, (flags, concurrency) in SCENARIOS.items():
-        sim = start([str(BIN / "simbackend"), "-addr", f"127.0.0.1:{SIM_PORT}", *flags])
-        try:
-            wait_for(f"http://127.0.0.1:{SIM_PORT}/api/version")
+        with simbackend(flags):
             for name in args.only.split(","):
                 process, url = start_candidate(name, args.venv)
                 try:
@@ -144,8 +155,6 @@ def main() -> None:
                        "errors": sum(summary.get("errors", {}).values())}
                 results.append(row)
                 print(json.dumps(row), flush=True)
-        finally:
-            stop(sim)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -15,6 +15,7 @@ from marshmallow import Schema
 
 from flask_inference_gateway.api import schemas as status
 from flask_inference_gateway.api.native import schemas as inference
+from flask_inference_gateway.api.ollama import answers as ollama_answers
 from flask_inference_gateway.api.ollama import schemas as ollama
 from flask_inference_gateway.api.openai import answers
 from flask_inference_gateway.api.openai import schemas as openai
@@ -26,9 +27,10 @@ DOCUMENTED: tuple[type[Schema], ...] = (
     openai.ChatCompletionRequest, openai.CompletionRequest, openai.EmbeddingRequest,
     answers.OpenAICompletion, answers.OpenAIEmbeddingList, answers.OpenAIErrorResponse,
     ollama.OllamaGenerateRequest, ollama.OllamaChatRequest, ollama.OllamaEmbedRequest,
-    ollama.OllamaModelRequest, ollama.OllamaCopyRequest, ollama.OllamaGenerateResponse,
-    ollama.OllamaChatResponse, ollama.OllamaEmbedResponse, ollama.OllamaModels,
-    ollama.OllamaVersion, ollama.OllamaStatus, ollama.OllamaError,
+    ollama.OllamaModelRequest, ollama.OllamaCopyRequest, ollama_answers.OllamaGenerateResponse,
+    ollama_answers.OllamaChatResponse, ollama_answers.OllamaEmbedResponse,
+    ollama_answers.OllamaModels, ollama_answers.OllamaVersion, ollama_answers.OllamaStatus,
+    ollama_answers.OllamaError,
 )
 
 

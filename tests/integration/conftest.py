@@ -10,6 +10,7 @@ import pytest
 from tests.fake_ollama import FakeOllama
 from tests.fake_openai import FakeOpenAI
 from tests.integration.redis_server import AVAILABLE, RedisServer
+from tests.integration.test_gunicorn import idle_fake
 
 
 def started_redis() -> Iterator[RedisServer]:
@@ -37,6 +38,12 @@ def module_fake() -> Iterator[FakeOllama]:
     """Run the fake Ollama that this module's gateway calls."""
     with FakeOllama(tokens=8) as fake:
         yield fake
+
+
+@pytest.fixture
+def fake(module_fake: FakeOllama) -> FakeOllama:
+    """Return the module's fake, idle and with zeroed counters."""
+    return idle_fake(module_fake)
 
 
 @pytest.fixture

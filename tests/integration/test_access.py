@@ -10,11 +10,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -27,9 +26,9 @@ from tests.integration.test_gunicorn import (
     Reply,
     call,
     error_of,
-    idle_fake,
     wait_until,
 )
+from tests.integration.workers import sessions_on_each_worker, still_placed
 
 if not AVAILABLE:
     pytest.skip("redis-server is not installed (CI installs it)", allow_module_level=True)
@@ -151,64 +150,6 @@ def launch(env: dict[str, str], log_path: Path, timeout: float = 30) -> GatewayP
     raise RuntimeError(f"gunicorn did not get ready within {timeout}s:\n{server.log()}")
 
 
-def worker_sockets(server: GatewayProcess) -> dict[int, set[str]]:
-    """Return, per worker, the inodes of its established client connections (Linux /proc)."""
-    port = urlsplit(server.url).port
-    established = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-            established.add(f"socket:[{fields[9]}]")
-    held: dict[int, set[str]] = {}
-    for pid in server.worker_pids():
-        links = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with suppress(OSError):  # an fd closed while we look
-                links.add(os.readlink(fd))
-        held[pid] = links & established
-    return held
-
-
-@dataclass
-class Placed:
-    """A kept-alive session and the worker connection serving it."""
-
-    session: requests.Session
-    pid: int
-    inode: str
-
-
-def place(server: GatewayProcess, session: requests.Session) -> Placed | None:
-    """Connect ``session`` with a GET /healthz; return which worker's socket took it."""
-    before = worker_sockets(server)
-    with session.get(server.url + "/healthz", timeout=5) as response:
-        assert response.status_code == 200
-    new = [(pid, inode) for pid, inodes in worker_sockets(server).items()
-           for inode in inodes - before.get(pid, set())]
-    return Placed(session, *new[0]) if len(new) == 1 else None
-
-
-@contextmanager
-def sessions_on_each_worker(server: GatewayProcess, per_worker: int) -> Iterator[list[Placed]]:
-    """Open kept-alive sessions until every worker holds ``per_worker`` of them (up to 10 s)."""
-    chosen: dict[int, list[Placed]] = {pid: [] for pid in server.worker_pids()}
-    deadline = time.monotonic() + 10
-    with ExitStack() as stack:
-        while any(len(group) < per_worker for group in chosen.values()):
-            assert time.monotonic() < deadline, {pid: len(g) for pid, g in chosen.items()}
-            placed = place(server, stack.enter_context(requests.Session()))
-            if placed and len(chosen[placed.pid]) < per_worker:
-                chosen[placed.pid].append(placed)
-            time.sleep(0.02)
-        yield [placed for group in chosen.values() for placed in group]
-
-
-def still_placed(server: GatewayProcess, placed: list[Placed]) -> bool:
-    """Return whether every session still uses the worker connection it was placed on."""
-    held = worker_sockets(server)
-    return all(p.inode in held.get(p.pid, set()) for p in placed)
-
-
 def fresh_window(need_s: float) -> None:
     """Sleep into the next minute when fewer than ``need_s`` seconds are left in this one."""
     left = 60 - time.time() % 60
@@ -246,19 +187,6 @@ def eventually(check: Callable[[], bool], timeout: float, interval: float = 0.1)
 def generate(server: GatewayProcess, headers: dict[str, str], prompt: str = PROMPT) -> Reply:
     """POST /v1/generate with ``headers`` on a fresh connection."""
     return call(server.url, "/v1/generate", {"prompt": prompt}, headers=headers)
-
-
-@pytest.fixture(scope="module")
-def module_fake() -> Iterator[FakeOllama]:
-    """Run the fake Ollama that this module's gateways call."""
-    with FakeOllama(tokens=8) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(module_fake: FakeOllama) -> FakeOllama:
-    """Return the module's fake, idle and with zeroed counters."""
-    return idle_fake(module_fake)
 
 
 @pytest.fixture(scope="module")

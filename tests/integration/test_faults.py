@@ -19,7 +19,6 @@ from tests.integration.test_gunicorn import (
     body_for,
     call,
     error_of,
-    idle_fake,
     run_gateway,
 )
 
@@ -94,12 +93,6 @@ def slow_heartbeat_gateway(module_fake: FakeOllama,
     yield from run_gateway(tmp_path_factory, GATEWAY_OLLAMA_URL=module_fake.url,
                            GATEWAY_READ_TIMEOUT="1", GATEWAY_FIRST_TOKEN_TIMEOUT="1",
                            GATEWAY_HEARTBEAT_SECONDS="0.75", **NO_BREAKER)
-
-
-@pytest.fixture
-def fake(module_fake: FakeOllama) -> FakeOllama:
-    """Return the module's fake, idle and with zeroed counters."""
-    return idle_fake(module_fake)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from prometheus_client.samples import Sample
 
 from tests.conftest import TEST_KEY, GatewayProcess, start_gateway
 from tests.fake_ollama import FakeOllama
-from tests.integration.test_gunicorn import call, idle_fake, read_until
+from tests.integration.test_gunicorn import call, read_until
+from tests.integration.workers import Placed, sessions_on_each_worker, still_placed
 
 KEY = {"Authorization": f"Bearer {TEST_KEY}"}
 METRICS_TOKEN = "obs-metrics-token-not-secret"
@@ -136,68 +137,6 @@ def new_id(tag: str) -> str:
     return f"obs-{tag}-{os.urandom(6).hex()}"
 
 
-# --- which worker holds a connection (Linux /proc) --------------------------------------------
-
-
-def worker_sockets(server: GatewayProcess) -> dict[int, set[str]]:
-    """Return, per worker pid, the socket inodes of its established client connections."""
-    port = urlsplit(server.url).port
-    established = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-            established.add(f"socket:[{fields[9]}]")
-    held: dict[int, set[str]] = {}
-    for pid in server.worker_pids():
-        links = set()
-        with suppress(OSError):  # a worker that just exited
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with suppress(OSError):  # an fd closed while we look
-                    links.add(os.readlink(fd))
-        held[pid] = links & established
-    return held
-
-
-@dataclass
-class Placed:
-    """A kept-alive session and the worker whose connection serves it."""
-
-    session: requests.Session
-    pid: int
-    inode: str
-
-
-def place(server: GatewayProcess, session: requests.Session) -> Placed | None:
-    """Connect ``session`` with GET /healthz; return the worker whose socket took it."""
-    before = worker_sockets(server)
-    with session.get(server.url + "/healthz", timeout=5) as response:
-        assert response.status_code == 200
-    new = [(pid, inode) for pid, inodes in worker_sockets(server).items()
-           for inode in inodes - before.get(pid, set())]
-    return Placed(session, *new[0]) if len(new) == 1 else None
-
-
-@contextmanager
-def sessions_on_each_worker(server: GatewayProcess, per_worker: int) -> Iterator[list[Placed]]:
-    """Open kept-alive sessions until each worker holds ``per_worker`` of them (up to 10 s)."""
-    chosen: dict[int, list[Placed]] = {pid: [] for pid in server.worker_pids()}
-    assert len(chosen) == 2, chosen
-    deadline = time.monotonic() + 10
-    with ExitStack() as stack:
-        while any(len(group) < per_worker for group in chosen.values()):
-            assert time.monotonic() < deadline, {pid: len(g) for pid, g in chosen.items()}
-            placed = place(server, stack.enter_context(requests.Session()))
-            if placed and len(chosen[placed.pid]) < per_worker:
-                chosen[placed.pid].append(placed)
-        yield [placed for group in chosen.values() for placed in group]
-
-
-def still_placed(server: GatewayProcess, placed: list[Placed]) -> bool:
-    """Return whether every session still uses the connection it was placed on."""
-    held = worker_sockets(server)
-    return all(p.inode in held.get(p.pid, set()) for p in placed)
-
-
 @dataclass
 class OpenStream:
     """A stream being read on a placed session: its worker, response and line iterator."""
@@ -234,19 +173,6 @@ def drain(stream: OpenStream, limit_s: float = 15) -> list[bytes]:
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def module_fake() -> Iterator[FakeOllama]:
-    """Run the fake Ollama that this module's gateways call."""
-    with FakeOllama(tokens=8) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(module_fake: FakeOllama) -> FakeOllama:
-    """Return the module's fake, idle and with zeroed counters."""
-    return idle_fake(module_fake)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import requests
 
 from tests.conftest import TEST_KEY, GatewayProcess
 from tests.fake_ollama import FakeOllama
-from tests.integration.test_gunicorn import assert_no_traceback, idle_fake, run_gateway, wait_until
+from tests.integration.test_gunicorn import assert_no_traceback, run_gateway, wait_until
 from tests.integration.test_observability import access_lines
 from tests.ws import (
     WS_ROUTES,
@@ -48,12 +48,6 @@ def gateway(module_fake: FakeOllama,
 def url(gateway: GatewayProcess) -> str:
     """Return the gateway's ws:// base URL."""
     return ws_url(gateway.url)
-
-
-@pytest.fixture
-def fake(module_fake: FakeOllama) -> FakeOllama:
-    """Return the module's fake, idle and with zeroed counters."""
-    return idle_fake(module_fake)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=KINDS)

@@ -18,7 +18,7 @@ import requests
 
 from tests.conftest import GatewayProcess
 from tests.fake_ollama import FakeOllama
-from tests.integration.test_gunicorn import idle_fake, run_gateway, wait_until
+from tests.integration.test_gunicorn import run_gateway, wait_until
 
 FIRST_TOKEN_TIMEOUT = 2.0
 HANG = "[[sim:hang]]"
@@ -39,12 +39,6 @@ def gateway(module_fake: FakeOllama,
                            GATEWAY_FIRST_TOKEN_TIMEOUT=str(FIRST_TOKEN_TIMEOUT),
                            GATEWAY_TOTAL_TIMEOUT="60", GATEWAY_MAX_ATTEMPTS="1",
                            GATEWAY_BREAKER_FAILURES="1000000")
-
-
-@pytest.fixture
-def fake(module_fake: FakeOllama) -> FakeOllama:
-    """Return the module's fake, idle and with zeroed counters."""
-    return idle_fake(module_fake)
 
 
 @pytest.mark.parametrize("path", HANGING)

@@ -25,20 +25,22 @@ from flask_inference_gateway.api.common import (
     schema_model,
 )
 from flask_inference_gateway.api.ollama import management
-from flask_inference_gateway.api.ollama.schemas import (
-    OllamaChatRequest,
+from flask_inference_gateway.api.ollama.answers import (
     OllamaChatResponse,
-    OllamaCopyRequest,
-    OllamaEmbedRequest,
     OllamaEmbedResponse,
     OllamaError,
-    OllamaGenerateRequest,
     OllamaGenerateResponse,
-    OllamaModelRequest,
     OllamaModels,
-    OllamaRequest,
     OllamaStatus,
     OllamaVersion,
+)
+from flask_inference_gateway.api.ollama.schemas import (
+    OllamaChatRequest,
+    OllamaCopyRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaModelRequest,
+    OllamaRequest,
 )
 from flask_inference_gateway.api.ollama.wire import (
     NDJSON,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from flask.testing import FlaskClient
 
-from flask_inference_gateway.api.ollama.schemas import OllamaChatResponse, OllamaGenerateResponse
+from flask_inference_gateway.api.ollama.answers import OllamaChatResponse, OllamaGenerateResponse
 from flask_inference_gateway.security.keys import KeyEntry, hash_key, write_key_file
 from tests.conftest import TEST_KEY
 from tests.fake_ollama import VERSION, FakeOllama
