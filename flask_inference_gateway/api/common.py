@@ -24,9 +24,9 @@ from flask_inference_gateway.core.errors import (
 )
 
 
-def read_body(max_bytes: int) -> bytes:
-    """Return the raw JSON body, refusing a wrong type or an oversized body."""
-    if not request.is_json:
+def read_body(max_bytes: int, *, any_type: bool = False) -> bytes:
+    """Return the raw body; refuse an oversized one, and one not typed JSON unless ``any_type``."""
+    if not any_type and not request.is_json:
         raise UnsupportedMediaType()
     length = request.content_length
     if length is not None and length > max_bytes:
@@ -43,9 +43,12 @@ def schema_for(cls: type[Schema], **settings: Any) -> Schema:
     return cls(**settings)
 
 
-def load_with(cls: type[Schema], **settings: Any) -> Any:
-    """Parse the JSON body and load it with the schema ``cls`` built with ``settings``."""
-    body = read_body(gateway().settings.max_body_bytes)
+def load_with(cls: type[Schema], *, any_type: bool = False, **settings: Any) -> Any:
+    """Parse the JSON body and load it with the schema ``cls`` built with ``settings``.
+
+    ``any_type`` reads the body as JSON whatever its Content-Type says, as Ollama does.
+    """
+    body = read_body(gateway().settings.max_body_bytes, any_type=any_type)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -74,11 +74,20 @@ def errors(func: Any) -> Any:
     return func
 
 
+def load_body(schema: type[Schema], **settings: Any) -> Any:
+    """Load the body with ``schema``, read as JSON whatever its Content-Type, as Ollama does."""
+    # Ollama's own docs post with `curl -d`, which labels the JSON a form. A
+    # browser's request carries an Origin and must still say JSON: a web page
+    # can then reach the gateway only after a CORS preflight, never with a
+    # plain cross-site form post (which matters where auth is disabled).
+    return load_with(schema, any_type=request.origin is None, **settings)
+
+
 def generation(schema: type[OllamaRequest]) -> Response:
     """Serve an Ollama generate or chat request through the gateway's service."""
     started = time.monotonic()
     state = gateway()
-    generation = load_with(schema, max_tokens_limit=state.settings.max_tokens)
+    generation = load_body(schema, max_tokens_limit=state.settings.max_tokens)
     principal, gone = current_principal(), client_probe(request.environ)
     if generation.empty:  # Ollama: only load (or, keep_alive 0, unload) the model
         model = state.service.resolve_model(generation.model, principal)
@@ -127,7 +136,7 @@ class ApiEmbed(Resource):
     def post(self) -> Response:
         """Embed texts (Ollama's /api/embed)."""
         started = time.monotonic()
-        embedding = load_with(OllamaEmbedRequest)
+        embedding = load_body(OllamaEmbedRequest)
         embeddings = gateway().service.embed(embedding, current_principal(),
                                              client_probe(request.environ))
         return json_response(embed_answer(embeddings, started))
@@ -167,7 +176,7 @@ class ApiShow(Resource):
     @errors
     def post(self) -> Response:
         """Describe a model: a backend that has it answers."""
-        return json_response(management.show(load_with(OllamaModelRequest), current_principal()))
+        return json_response(management.show(load_body(OllamaModelRequest), current_principal()))
 
 
 PROGRESS = ("Progress NDJSON lines of each Ollama backend in turn, or (stream false) one "
@@ -183,7 +192,7 @@ MANAGEMENT = (("POST", "/api/pull", OllamaModelRequest, PROGRESS),
 def management_route(method: str, path: str, schema: type[Schema], success: str) -> None:
     """Add a route that forwards model management to the Ollama backends (admin keys only)."""
     def view(_resource: Resource) -> Response:
-        return management.manage(method, path, load_with(schema), current_principal())
+        return management.manage(method, path, load_body(schema), current_principal())
 
     view.__doc__ = f"Run {path} on the Ollama backends (admin keys only)."
     status_model = schema_model(ns, OllamaStatus) if success is PROGRESS else None

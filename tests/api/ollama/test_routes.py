@@ -3,6 +3,7 @@ NDJSON streams, the native routes, model management for admin keys, errors in Ol
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,26 @@ def test_whole_answer_in_ollamas_shape(client: FlaskClient, fake_ollama: FakeOll
     schema = OllamaChatResponse() if kind == "chat" else OllamaGenerateResponse()
     assert schema.validate(body) == {}
     assert fake_ollama.requests_seen[0]["stream"] is True  # assembled by the gateway
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None],
+                         ids=["curl-d", "text", "none"])
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/embed", "/api/show"])
+def test_a_json_body_is_read_whatever_its_content_type(client: FlaskClient,
+                                                       fake_ollama: FakeOllama, path: str,
+                                                       content_type: str | None) -> None:
+    # As Ollama itself: its docs' examples are `curl .../api/generate -d '{...}'`.
+    kind = path.rsplit("/", 1)[1]
+    body = {"model": "llama3.2", "input": "one"} if kind == "embed" else \
+        {"model": "llama3.2"} if kind == "show" else body_for(kind, stream=False)
+    response = client.post(path, data=json.dumps(body), content_type=content_type)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    seen = fake_ollama.requests_seen[0]
+    assert seen["model"] == "llama3.2"
+    if kind in ("generate", "chat"):
+        assert text_of(kind, response.get_json()) == "".join(PIECES)
+        assert (seen.get("prompt"), seen.get("messages")) == (body.get("prompt"),
+                                                              body.get("messages"))
 
 
 @pytest.mark.parametrize("kind", ["generate", "chat"])
@@ -256,10 +277,13 @@ def test_errors_take_ollamas_shape(keyed_client: Callable[..., FlaskClient], met
 
 @pytest.mark.parametrize(("send", "status"), [
     (lambda c: c.post("/api/chat", data="{", content_type="application/json"), 400),
-    (lambda c: c.post("/api/chat", data="{}", content_type="text/plain"), 415),
+    (lambda c: c.post("/api/chat", data="prompt=hi",
+                      content_type="application/x-www-form-urlencoded"), 400),
+    (lambda c: c.post("/api/chat", data="{}", content_type="text/plain",
+                      headers={"Origin": "https://elsewhere.example"}), 415),
     (lambda c: c.post("/api/chat", json={"messages": [{"role": "user", "content": "x" * 300}]}),
      413),
-], ids=["bad-json", "not-json", "too-large"])
+], ids=["bad-json", "form-not-json", "browser-not-json", "too-large"])
 def test_body_errors_take_ollamas_shape(make_client: Callable[..., FlaskClient],
                                         send: Callable[[FlaskClient], Any], status: int) -> None:
     ollama_error(send(make_client(GATEWAY_MAX_BODY_BYTES=200)), status)
