@@ -85,14 +85,14 @@ class GenerationOptions(Schema):
     def to_request(self, data: dict[str, Any], **_kwargs: Any) -> GenerationRequest:
         """Return the loaded body as the gateway's request."""
         options = options_from(data, data["max_tokens"])
-        messages = tuple(Message(m["role"], m["content"], tuple(m.get("images", ())),
+        messages = tuple(Message(m["role"], m["content"], tuple(m.get("images") or ()),
                                  numbered(m.get("tool_calls")), m.get("tool_call_id") or "",
                                  m.get("tool_name") or "")
                          for m in data.get("messages", ()))
         return GenerationRequest(self.op, options, model=data.get("model") or "",
                                  prompt=data.get("prompt", ""), system=data.get("system"),
                                  messages=messages, response_format=data.get("response_format"),
-                                 images=tuple(data.get("images", ())),
+                                 images=tuple(data.get("images") or ()),
                                  tools=tuple(data.get("tools") or ()),
                                  tool_choice=data.get("tool_choice"), think=data.get("think"),
                                  logprobs=bool(data.get("logprobs")),

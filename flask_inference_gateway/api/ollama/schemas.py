@@ -150,18 +150,25 @@ class OllamaRequest(Schema):
         unknown_options = tuple((k, v) for k, v in options.items() if k not in OPTIONS)
         return Extra("ollama", unknown, unknown_options) if unknown or unknown_options else None
 
+    def declared(self, data: dict[str, Any], name: str) -> Any:
+        """Return a field this route declares (and so validated); another route's is None."""
+        # The other route's fields (a prompt sent to /api/chat) are unknown
+        # here: unvalidated, they travel only in extra, as Ollama ignores them.
+        return data.get(name) if name in self.fields else None
+
     @post_load
     def to_request(self, data: dict[str, Any], **_kwargs: Any) -> GenerationRequest:
         """Return the loaded body as the gateway's request."""
         options = data.get("options") or {}
         sampling = options_from(options, self.max_tokens(options))
         return GenerationRequest(self.op, sampling, model=data.get("model") or "",
-                                 prompt=data.get("prompt", ""), system=data.get("system"),
-                                 messages=tuple(data.get("messages", ())),
+                                 prompt=self.declared(data, "prompt") or "",
+                                 system=self.declared(data, "system"),
+                                 messages=tuple(self.declared(data, "messages") or ()),
                                  stream=data["stream"], response_format=data.get("format"),
-                                 images=tuple(data.get("images") or ()),
+                                 images=tuple(self.declared(data, "images") or ()),
                                  keep_alive=data.get("keep_alive"),
-                                 tools=tuple(data.get("tools") or ()),
+                                 tools=tuple(self.declared(data, "tools") or ()),
                                  think=data.get("think"), logprobs=bool(data.get("logprobs")),
                                  top_logprobs=data.get("top_logprobs"),
                                  extra=self.extra(data, options))

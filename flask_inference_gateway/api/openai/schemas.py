@@ -43,7 +43,8 @@ from flask_inference_gateway.core import types
 from flask_inference_gateway.core.types import Extra, GenerationRequest, Op
 
 # Unknown to the gateway's schema, yet not harmless: each runs several generations.
-SEVERAL = ("best_of", "use_beam_search")
+# Each with the values that run one generation (True is no 1 here: same()).
+SEVERAL = {"best_of": (None, 1), "use_beam_search": (None, False)}
 # reasoning_effort as Ollama's think takes it (it knows no "minimal").
 EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
@@ -115,8 +116,8 @@ class Sampling(Schema):
                 raise ValidationError(f"Must be at most {self.max_tokens_limit}.", name)
         if data.get("stream_options") and not data.get("stream"):
             raise ValidationError("Only allowed when 'stream' is true.", "stream_options")
-        for name in SEVERAL:
-            if data.get(name) not in (None, False, 1):
+        for name, single in SEVERAL.items():
+            if not any(same(data.get(name), value) for value in single):
                 raise ValidationError("Not supported: it runs several generations for one "
                                       "request; send several requests instead.", name)
 

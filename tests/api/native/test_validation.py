@@ -110,3 +110,15 @@ def test_unexpected_failure_is_a_json_500(client: FlaskClient, monkeypatch) -> N
     assert response.get_json() == {"error": {
         "type": "internal_error",
         "message": "The gateway failed unexpectedly; the error was logged."}}
+
+
+@pytest.mark.parametrize(("route", "body"), [
+    ("/v1/generate", {"prompt": "hi", "images": None}),
+    ("/v1/chat", {"messages": [{"role": "user", "content": "hi", "images": None}]}),
+], ids=["generate", "chat-message"])
+def test_null_images_mean_none(client: FlaskClient, fake_ollama: FakeOllama, route: str,
+                               body: dict) -> None:
+    response = client.post(route, json=body)
+    assert response.status_code == 200, response.get_json()
+    seen = fake_ollama.requests_seen[0]
+    assert "images" not in seen and all("images" not in m for m in seen.get("messages", ()))

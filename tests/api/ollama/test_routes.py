@@ -117,6 +117,26 @@ def test_a_json_body_is_read_whatever_its_content_type(client: FlaskClient,
                                                               body.get("messages"))
 
 
+@pytest.mark.parametrize(("path", "stray"), [
+    ("/api/chat", {"prompt": 5}), ("/api/chat", {"system": 5}), ("/api/chat", {"images": 5}),
+    ("/api/generate", {"messages": [{"role": "user", "content": "x"}]}),
+    ("/api/generate", {"messages": "abc"}), ("/api/generate", {"tools": 5}),
+], ids=["chat-prompt", "chat-system", "chat-images", "generate-messages",
+        "generate-messages-text", "generate-tools"])
+def test_the_other_routes_fields_are_left_to_ollama(client: FlaskClient, fake_ollama: FakeOllama,
+                                                    path: str, stray: dict[str, Any]) -> None:
+    # Ollama ignores them; so does the gateway, passing them on as sent.
+    kind = path.rsplit("/", 1)[1]
+    response = client.post(path, json={**body_for(kind, stream=False), **stray})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert text_of(kind, response.get_json()) == "".join(PIECES)
+    seen = fake_ollama.requests_seen[0]
+    assert all(seen[name] == value for name, value in stray.items())
+    sent = body_for(kind, stream=False)
+    assert seen.get("prompt" if kind == "generate" else "messages") == \
+        sent.get("prompt" if kind == "generate" else "messages")
+
+
 @pytest.mark.parametrize("kind", ["generate", "chat"])
 def test_stream_is_ndjson_lines_then_a_done_line(client: FlaskClient, kind: str) -> None:
     response = client.post(f"/api/{kind}", json=body_for(kind))  # stream: true by default

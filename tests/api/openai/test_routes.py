@@ -208,7 +208,8 @@ def test_embeddings_take_a_string(client: FlaskClient) -> None:
     {"logprobs": False, "top_logprobs": 0, "response_format": {"type": "text"}},
     {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "n": 1},
     {"stop": None, "seed": None, "temperature": None, "model": None, "stream": False},
-], ids=["tools", "logprobs-format", "penalties", "nulls"])
+    {"best_of": 1, "use_beam_search": False},
+], ids=["tools", "logprobs-format", "penalties", "nulls", "one-generation"])
 def test_neutral_values_of_unsupported_fields_are_accepted(client: FlaskClient,
                                                            extra: dict[str, Any]) -> None:
     response = client.post(CHAT, json=chat_body(**extra))
@@ -235,6 +236,9 @@ def test_neutral_values_of_unsupported_fields_are_accepted(client: FlaskClient,
     (CHAT, chat_body(reasoning_effort="extreme"), "reasoning_effort"),
     (CHAT, chat_body(min_tokens=3), "min_tokens"),
     (CHAT, chat_body(best_of=3), "best_of"),
+    (CHAT, chat_body(best_of=True), "best_of"),
+    (CHAT, chat_body(use_beam_search=True), "use_beam_search"),
+    (COMPLETIONS, {"prompt": "a", "use_beam_search": True}, "use_beam_search"),
     (CHAT, {"messages": [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{"}}]}]},
      "messages[0].tool_calls[0].function.arguments"),
@@ -248,7 +252,8 @@ def test_neutral_values_of_unsupported_fields_are_accepted(client: FlaskClient,
 ], ids=["n", "tool-required-on-ollama", "parallel-on-ollama", "unknown-tool-choice",
         "bad-tool-name", "bad-format", "top-logprobs-alone", "penalty-out-of-range",
         "remote-image", "stream-options", "too-many-tokens", "bad-effort",
-        "unknown-field-on-ollama", "best-of", "bad-arguments", "null-user-content",
+        "unknown-field-on-ollama", "best-of", "best-of-true", "beam-search",
+        "beam-search-completions", "bad-arguments", "null-user-content",
         "no-messages", "two-prompts",
         "token-prompt", "echo", "token-input", "dimensions"])
 def test_unsupported_requests_are_422_naming_the_field(client: FlaskClient, path: str,
