@@ -149,7 +149,12 @@ class BodyReader:
         # Bytes read ahead with the headers sit in the buffered reader: take
         # them without blocking, then read the socket itself.
         sock.settimeout(0.0)
-        first = buffered.read1(READ_SIZE)  # type: ignore[attr-defined]
+        try:
+            first = buffered.read1(READ_SIZE)  # type: ignore[attr-defined]
+        except BlockingIOError:
+            first = b""
+        except OSError as exc:  # reset right after the head
+            raise BackendStreamBroken() from exc
         if first:
             self.got_data = True
             yield first
