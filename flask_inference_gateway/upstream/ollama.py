@@ -32,6 +32,7 @@ from flask_inference_gateway.upstream.http import (
 )
 from flask_inference_gateway.upstream.stream import TokenStream, parse_object
 from flask_inference_gateway.upstream.translate import extras_for, linked, refuse, tool_body
+from flask_inference_gateway.upstream.values import count, optional_text, text, vectors
 from flask_inference_gateway.upstream.verbatim import OllamaFrames
 
 # Gateway option name -> Ollama option name.
@@ -44,8 +45,8 @@ ENDPOINTS = {Op.GENERATE: "/api/generate", Op.CHAT: "/api/chat"}
 
 def usage_of(data: dict[str, Any]) -> Usage:
     """Return the token counts in Ollama's final object."""
-    return Usage(prompt_tokens=data.get("prompt_eval_count") or 0,
-                 completion_tokens=data.get("eval_count") or 0)
+    return Usage(prompt_tokens=count(data.get("prompt_eval_count"), "prompt_eval_count"),
+                 completion_tokens=count(data.get("eval_count"), "eval_count"))
 
 
 class LineDecoder:
@@ -61,22 +62,28 @@ class LineDecoder:
     def take(self, stream: TokenStream, data: dict[str, Any]) -> Piece | None:
         """Return the piece of one decoded line; finish the stream on the final one."""
         if data.get("done"):
-            stream.finish(data.get("done_reason"), usage_of(data), data.get("model"), data)
+            stream.finish(optional_text(data.get("done_reason"), "done_reason"),
+                          usage_of(data), optional_text(data.get("model"), "model"), data)
         message = data.get("message")
         if message is None:  # /api/generate
-            part, text = data, data.get("response") or ""
+            part, said = data, data.get("response")
         elif type(message) is dict:
-            part, text = message, message.get("content") or ""
+            part, said = message, message.get("content")
         else:
             raise BackendError("The model backend sent a message that is not a JSON object.")
+        if type(said) is not str:  # a token's line: one type test, the rest only if odd
+            said = text(said, "content" if message else "response")
         # A plain token's line pays three dict lookups more than it did before tools.
         if "thinking" not in part and "tool_calls" not in part and "logprobs" not in data:
-            return text
+            return said
         thinking, calls, logprobs = part.get("thinking"), part.get("tool_calls"), data.get(
             "logprobs")
         if not (thinking or calls or logprobs):
-            return text
-        return Delta(text, thinking or "", self.tool_calls(calls), tuple(logprobs or ()))
+            return said
+        if not isinstance(logprobs or [], list):
+            raise BackendError("The model backend sent 'logprobs' that are not a list.")
+        return Delta(said, text(thinking, "thinking"), self.tool_calls(calls),
+                     tuple(logprobs or ()))
 
     def tool_calls(self, calls: Any) -> tuple[ToolCall, ...]:
         """Return Ollama's tool calls with OpenAI's JSON-text arguments and an id each."""
@@ -87,9 +94,12 @@ class LineDecoder:
         out = []
         for call in calls:
             function = call.get("function") or {}
+            if not isinstance(function, dict):
+                raise BackendError("The model backend sent a tool call that is not a function.")
             arguments = function.get("arguments")
-            out.append(ToolCall(self.calls, call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-                                function.get("name") or "",
+            out.append(ToolCall(self.calls,
+                                text(call.get("id"), "id") or f"call_{uuid.uuid4().hex[:24]}",
+                                text(function.get("name"), "name"),
                                 orjson.dumps(arguments if arguments is not None else {}).decode()))
             self.calls += 1
         return tuple(out)
@@ -233,11 +243,12 @@ class OllamaBackend(BackendClient):
         inputs = list(request.inputs)
         data = self.post_whole("/api/embed", {"model": request.model, "input": inputs},
                                deadline, self.timeouts.first_token)
-        vectors = data.get("embeddings") if isinstance(data, dict) else None
-        if not isinstance(vectors, list) or len(vectors) != len(inputs):
+        found = data.get("embeddings") if isinstance(data, dict) else None
+        if not isinstance(found, list) or len(found) != len(inputs):
             raise BackendError("The model backend answered /api/embed without the embeddings.")
-        return Embeddings(data.get("model") or request.model, vectors,
-                          data.get("prompt_eval_count") or 0)
+        return Embeddings(optional_text(data.get("model"), "model") or request.model,
+                          vectors(found, "embeddings"),
+                          count(data.get("prompt_eval_count"), "prompt_eval_count"))
 
     def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Return the server's models (from /api/tags) as OpenAI-style model objects."""

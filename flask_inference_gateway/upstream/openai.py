@@ -22,6 +22,7 @@ from flask_inference_gateway.core.types import (
 from flask_inference_gateway.upstream.client import BackendClient
 from flask_inference_gateway.upstream.stream import LineDecoder, TokenStream, parse_object
 from flask_inference_gateway.upstream.translate import extras_for, linked, refuse, tool_body
+from flask_inference_gateway.upstream.values import count, optional_text, text, vectors
 from flask_inference_gateway.upstream.verbatim import OpenAIFrames
 
 ENDPOINTS = {Op.GENERATE: "/v1/completions", Op.CHAT: "/v1/chat/completions"}
@@ -30,8 +31,10 @@ ENDPOINTS = {Op.GENERATE: "/v1/completions", Op.CHAT: "/v1/chat/completions"}
 def usage_of(data: dict[str, Any] | None) -> Usage:
     """Return the token counts of an OpenAI ``usage`` object."""
     data = data or {}
-    return Usage(prompt_tokens=data.get("prompt_tokens") or 0,
-                 completion_tokens=data.get("completion_tokens") or 0)
+    if not isinstance(data, dict):
+        raise BackendError("The model backend sent a 'usage' that is not a JSON object.")
+    return Usage(prompt_tokens=count(data.get("prompt_tokens"), "prompt_tokens"),
+                 completion_tokens=count(data.get("completion_tokens"), "completion_tokens"))
 
 
 def options_of(request: GenerationRequest) -> dict[str, Any]:
@@ -164,8 +167,11 @@ def tool_calls_of(delta: dict[str, Any]) -> tuple[ToolCall, ...]:
     out = []
     for position, call in enumerate(calls):
         function = call.get("function") or {}
-        out.append(ToolCall(call.get("index", position), call.get("id") or "",
-                            function.get("name") or "", function.get("arguments") or ""))
+        index = call.get("index", position)
+        if not isinstance(function, dict) or type(index) is not int:
+            raise BackendError("The model backend sent a tool call that is not a function.")
+        out.append(ToolCall(index, text(call.get("id"), "id"), text(function.get("name"), "name"),
+                            text(function.get("arguments"), "arguments")))
     return tuple(out)
 
 
@@ -177,15 +183,21 @@ def choice_piece(choice: Any) -> Piece:
     if message is not None and not isinstance(message, dict):
         raise BackendError("The model backend sent a message that is not a JSON object.")
     if message is None:
-        return choice.get("text") or ""
-    text = message.get("content") or ""
+        said = choice.get("text")
+        return said if type(said) is str else text(said, "text")
+    said = message.get("content")
+    if type(said) is not str:
+        said = text(said, "content")
     # vLLM and llama.cpp say reasoning_content; newer vLLM and Ollama's /v1, reasoning.
     thinking = message.get("reasoning_content") or message.get("reasoning")
     logprobs = choice.get("logprobs")
     logprobs = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not (thinking or logprobs or message.get("tool_calls")):
-        return text
-    return Delta(text, thinking or "", tool_calls_of(message), tuple(logprobs or ()))
+        return said
+    if not isinstance(logprobs or [], list):
+        raise BackendError("The model backend sent 'logprobs' that are not a list.")
+    return Delta(said, text(thinking, "reasoning_content"), tool_calls_of(message),
+                 tuple(logprobs or ()))
 
 
 class StreamDecoder:
@@ -215,7 +227,7 @@ class StreamDecoder:
 
     def take(self, data: dict[str, Any]) -> Piece | None:
         """Note a chunk's model, usage and finish reason; return its piece."""
-        self.model = self.model or data.get("model")
+        self.model = self.model or optional_text(data.get("model"), "model")
         if data.get("usage"):
             self.usage = usage_of(data["usage"])
             # Its details (cached prompt tokens, reasoning tokens) go back to OpenAI clients.
@@ -226,7 +238,8 @@ class StreamDecoder:
         if not choices:
             return None
         piece = choice_piece(choices[0])
-        self.done_reason = choices[0].get("finish_reason") or self.done_reason
+        self.done_reason = optional_text(choices[0].get("finish_reason"),
+                                         "finish_reason") or self.done_reason
         return piece
 
 
@@ -258,9 +271,12 @@ class OpenAIBackend(BackendClient):
         if not isinstance(items, list) or len(items) != len(inputs):
             raise BackendError("The model backend answered /v1/embeddings without the "
                                "embeddings.")
+        if not all(isinstance(item, dict) and type(item.get("index", 0)) is int
+                   for item in items):
+            raise BackendError("The model backend sent embeddings that are not JSON objects.")
         ordered = sorted(items, key=lambda item: item.get("index", 0))
-        return Embeddings(data.get("model") or request.model,
-                          [item["embedding"] for item in ordered],
+        return Embeddings(optional_text(data.get("model"), "model") or request.model,
+                          vectors([item.get("embedding") for item in ordered], "embedding"),
                           usage_of(data.get("usage")).prompt_tokens)
 
     def list_models(self, timeout: float | None = None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from flask_inference_gateway.core.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.core.types import EmbeddingRequest, Timeouts
 from flask_inference_gateway.upstream.ollama import (
     LineDecoder,
     OllamaBackend,
@@ -149,6 +149,33 @@ def test_stream_failures_raise(chunks: list[bytes], error: type) -> None:
     stream = TokenStream(FakeResponse(chunks), "m", LineDecoder(), Timeouts())  # type: ignore[arg-type]
     with pytest.raises(error):
         list(stream)
+
+
+@pytest.mark.parametrize(("line", "field"), [
+    ({"response": 5}, "response"),
+    ({"message": {"role": "assistant", "content": {"a": 1}}}, "content"),
+    ({"response": "", "thinking": 5}, "thinking"),
+    ({"response": "", "tool_calls": [{"function": {"name": 7}}]}, "name"),
+    ({"response": "", "tool_calls": [{"function": "f"}]}, "function"),
+    ({"response": "", "logprobs": 5}, "logprobs"),
+    ({"response": "", **FINAL, "done_reason": {}}, "done_reason"),
+    ({"response": "", **FINAL, "prompt_eval_count": "x"}, "prompt_eval_count"),
+    ({"response": "", **FINAL, "eval_count": -3}, "eval_count"),
+    ({"response": "", **FINAL, "model": 5}, "model"),
+], ids=["response", "content", "thinking", "tool-name", "tool-function", "logprobs",
+        "done-reason", "count-text", "count-negative", "model"])
+def test_values_of_the_wrong_type_are_a_backend_error(line: dict[str, Any], field: str) -> None:
+    lines = ndjson({"response": "a"}, line, FINAL)
+    stream = TokenStream(FakeResponse([lines]), "m", LineDecoder(), Timeouts())  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match=field):
+        list(stream)
+
+
+def test_embeddings_that_are_not_numbers_are_a_backend_error(
+        backend: OllamaBackend, mocked: responses.RequestsMock) -> None:
+    mocked.post(f"{MOCK_URL}/api/embed", json={"model": "m", "embeddings": [["a", 1]]})
+    with pytest.raises(BackendError, match="lists of numbers"):
+        backend.embed(EmbeddingRequest(("one",), "m"))
 
 
 def test_error_line_message_reaches_the_client() -> None:

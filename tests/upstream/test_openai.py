@@ -20,7 +20,7 @@ from flask_inference_gateway.core.errors import (
     BackendUnavailable,
     ModelNotFound,
 )
-from flask_inference_gateway.core.types import Timeouts
+from flask_inference_gateway.core.types import EmbeddingRequest, Timeouts
 from flask_inference_gateway.upstream.openai import OpenAIBackend, build_payload
 from tests.fake_ollama import MODEL_ERROR_MSG
 from tests.fake_openai import FakeOpenAI
@@ -191,6 +191,39 @@ def test_stream_line_that_is_not_json(backend: OpenAIBackend,
     with pytest.raises(BackendError, match="not JSON"):
         list(stream)
     stream.close()
+
+
+@pytest.mark.parametrize(("event", "field"), [
+    ({"choices": [{"delta": {"content": 5}}]}, "content"),
+    ({"choices": [{"text": ["a"]}]}, "text"),
+    ({"choices": [{"delta": {"content": "", "reasoning_content": 5}}]}, "reasoning_content"),
+    ({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": {}}}]}}]},
+     "arguments"),
+    ({"choices": [{"delta": {"content": ""}, "finish_reason": {}}]}, "finish_reason"),
+    ({"choices": [], "usage": {"prompt_tokens": "x"}}, "prompt_tokens"),
+    ({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": -1}},
+     "completion_tokens"),
+    ({"choices": [], "usage": 5}, "usage"),
+], ids=["content", "text", "reasoning", "arguments", "finish-reason", "count-text",
+        "count-negative", "usage"])
+def test_values_of_the_wrong_type_are_a_backend_error(backend: OpenAIBackend,
+                                                      mocked: responses.RequestsMock,
+                                                      event: dict[str, Any], field: str) -> None:
+    mocked.post(f"{URL}/v1/chat/completions", body=sse(chunk("a"), event, "[DONE]"))
+    stream = backend.stream(typed("chat", {"model": "qwen", "messages": MESSAGES}))
+    with pytest.raises(BackendError, match=field):
+        list(stream)
+    stream.close()
+
+
+@pytest.mark.parametrize("data", [[{"index": 0, "embedding": ["a", 1]}], [5],
+                                  [{"index": "0", "embedding": [1.0]}]],
+                         ids=["text-in-vector", "not-an-object", "text-index"])
+def test_embeddings_of_the_wrong_shape_are_a_backend_error(
+        backend: OpenAIBackend, mocked: responses.RequestsMock, data: list[Any]) -> None:
+    mocked.post(f"{URL}/v1/embeddings", json={"object": "list", "data": data})
+    with pytest.raises(BackendError):
+        backend.embed(EmbeddingRequest(("one",), "qwen"))
 
 
 UPSTREAM_FAILURES = [
