@@ -21,6 +21,7 @@ API renders them in each dialect's shape (``flask_inference_gateway/api/errors.p
     ├── HTTPError (any other status Flask or Werkzeug raised)
     └── BackendError (502 backend_error)
         ├── BackendRejected (400 backend_rejected)
+        ├── BackendFailedRequest (502 backend_failed: a 500 with the backend's reason)
         ├── BackendUnavailable (502 backend_unavailable)
         ├── BackendStreamBroken (502 backend_stream_broken)
         ├── BackendBusy (503 backend_busy, Retry-After)
@@ -160,6 +161,13 @@ class BackendError(GatewayError):
 class BackendRejected(BackendError):
     status, type = 400, "backend_rejected"
     message = "The model backend rejected the request."
+
+
+class BackendFailedRequest(BackendError):
+    """The backend answered 500 and said why: this request failed, the backend is up."""
+
+    type = "backend_failed"
+    message = "The model backend failed this request."
 
 
 class BackendUnavailable(BackendError):

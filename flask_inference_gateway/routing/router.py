@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
+    BackendFailedRequest,
     BackendStreamBroken,
     BackendTimeout,
     BackendUnavailable,
@@ -66,6 +67,11 @@ def unhealthy(error: GatewayError) -> bool:
     """Return whether ``error`` counts against the backend's health (its circuit breaker)."""
     if isinstance(error, BackendBusy):
         return False  # busy is healthy: it is retried elsewhere, not shunned
+    if isinstance(error, BackendFailedRequest):
+        # The backend answered and gave its reason (Ollama answers 500 to an
+        # invalid schema or template): one client's mistake, sent again and
+        # again, must not open the circuit for everyone.
+        return False
     return isinstance(error, BackendError) and error.status >= 500
 
 

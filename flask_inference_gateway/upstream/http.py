@@ -23,6 +23,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
+    BackendFailedRequest,
     BackendRejected,
     BackendStreamBroken,
     BackendTimeout,
@@ -215,16 +216,26 @@ def translate_errors() -> Iterator[None]:
         raise map_exception(exc) from exc
 
 
-def upstream_message(body: bytes) -> str | None:
-    """Return the error message in an upstream error body, if it has one."""
+def stated_reason(body: bytes) -> str | None:
+    """Return the reason a server gave in a JSON error body (``error``), if it gave one."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")[:500] or None
+        return None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):  # OpenAI-compatible servers nest it
         error = error.get("message")
     return str(error) if error else None
+
+
+def upstream_message(body: bytes) -> str | None:
+    """Return the error message in an upstream error body: its reason, or its plain text."""
+    reason = stated_reason(body)
+    if reason is not None or body[:1] in (b"{", b"["):
+        return reason
+    text = body.decode("utf-8", "replace").strip()[:500]
+    # A proxy's HTML error page says nothing a client can use.
+    return None if not text or text.startswith("<") else text
 
 
 def error_for_status(status: int, body: bytes, retry_after: str | None = None) -> GatewayError:
@@ -239,6 +250,9 @@ def error_for_status(status: int, body: bytes, retry_after: str | None = None) -
         return BackendTimeout()
     if status == 400 or status == 422:
         return BackendRejected(message or BackendRejected.message)
+    if status == 500 and stated_reason(body):  # Ollama's to a bad schema or template, say
+        return BackendFailedRequest(f"The model backend answered 500: {message}",
+                                    backend_status=status)
     return BackendError(f"The model backend answered {status}"
                         + (f": {message}" if message else "."), backend_status=status)
 

@@ -157,6 +157,17 @@ def test_real_errors_map_to_the_gateways(gateway: str, path: str, body: dict, st
     assert error["type"] == type_ and error["message"]
 
 
+def test_a_clients_bad_schema_does_not_close_the_backend(gateway: str) -> None:
+    # Ollama answers 500 to a format that is no JSON Schema; the default
+    # breaker opens after 3 failures in a row.
+    bad = {"model": "tiny", "prompt": "x", "stream": False, "format": {"type": "bogus"},
+           "options": {"num_predict": 2}}
+    for _ in range(4):
+        error = post(gateway + "/api/generate", bad, 502).json()["error"]
+        assert "invalid JSON schema" in error
+    post(gateway + "/v1/generate", {"prompt": "x", "max_tokens": 2})
+
+
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}

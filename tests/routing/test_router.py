@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
+    BackendFailedRequest,
     BackendRejected,
     BackendStreamBroken,
     BackendTimeout,
@@ -177,8 +178,8 @@ def test_stream_failing_before_its_first_token_is_closed_and_retried(
 
 @pytest.mark.parametrize(("error", "counted"), [
     (BackendRejected("bad option"), 0), (ClientLeft(), 0),
-    (BackendError("CUDA out of memory"), 1)],
-    ids=["rejected", "client-left", "backend-error"])
+    (BackendError("CUDA out of memory"), 1), (BackendFailedRequest("unclosed action"), 0)],
+    ids=["rejected", "client-left", "backend-error", "failed-request"])
 @pytest.mark.parametrize("where", ["call", "prime"])
 def test_never_retried(where: str, error: GatewayError, counted: int) -> None:
     a, b = StubBackend("a", ("prime", error) if where == "prime" else error), StubBackend("b")
@@ -246,8 +247,9 @@ def test_no_retry_past_the_deadline() -> None:
 @pytest.mark.parametrize(("error", "opens"), [(BackendUnavailable(), True),
                                                (BackendError("500"), True),
                                                (BackendBusy(), False),
-                                               (BackendRejected(), False)],
-                         ids=["unavailable", "error", "busy", "rejected"])
+                                               (BackendRejected(), False),
+                                               (BackendFailedRequest("bad schema"), False)],
+                         ids=["unavailable", "error", "busy", "rejected", "failed-request"])
 def test_breaker_counts_unhealthy_errors_only(error: GatewayError, opens: bool) -> None:
     a = StubBackend("a", error, error)
     router = router_of(a, breaker_failures=2, breaker_cooldown=60)

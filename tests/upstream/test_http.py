@@ -15,6 +15,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
+    BackendFailedRequest,
     BackendRejected,
     BackendStreamBroken,
     BackendTimeout,
@@ -77,7 +78,7 @@ def test_every_upstream_error_status_is_mapped(status: int) -> None:
     (429, BackendBusy, 503),
     (503, BackendBusy, 503),
     (504, BackendTimeout, 504),
-    (500, BackendError, 502),
+    (500, BackendFailedRequest, 502),
     (502, BackendError, 502),
     (401, BackendError, 502),
 ], ids=["400", "422", "404", "429", "503", "504", "500", "502", "401"])
@@ -85,6 +86,15 @@ def test_status_mapping(status: int, expected: type, gateway_status: int) -> Non
     error = error_for_status(status, b'{"error": "upstream says no"}')
     assert type(error) is expected
     assert error.status == gateway_status
+
+
+def test_a_500_without_a_reason_is_the_backends_failure() -> None:
+    for body in (b"", b"<html>oops</html>", b'{"error": ""}'):
+        error = error_for_status(500, body)
+        assert type(error) is BackendError and error.type == "backend_error"
+    error = error_for_status(500, b'{"error": "invalid JSON schema in format"}')
+    assert error.type == "backend_failed" and error.message == (
+        "The model backend answered 500: invalid JSON schema in format")
 
 
 def test_rejection_carries_the_backend_message() -> None:
@@ -102,10 +112,11 @@ def test_busy_sets_retry_after(retry_after: str | None, expected: str) -> None:
 @pytest.mark.parametrize(("body", "message"), [
     (b'{"error": "model \\"x\\" not found"}', 'model "x" not found'),
     (b'{"error": {"message": "openai style", "type": "x"}}', "openai style"),
-    (b"<html>bad gateway</html>", "<html>bad gateway</html>"),
+    (b"<html>bad gateway</html>", None),
+    (b"model not loaded\n", "model not loaded"),
     (b"", None),
     (b"[1, 2]", None),
-], ids=["ollama", "openai", "html", "empty", "not-an-object"])
+], ids=["ollama", "openai", "html", "plain-text", "empty", "not-an-object"])
 def test_upstream_message(body: bytes, message: str | None) -> None:
     assert upstream_message(body) == message
 

@@ -14,6 +14,7 @@ import responses
 from flask_inference_gateway.core.errors import (
     BackendBusy,
     BackendError,
+    BackendFailedRequest,
     BackendRejected,
     BackendStreamBroken,
     BackendTimeout,
@@ -233,7 +234,7 @@ UPSTREAM_FAILURES = [
       "headers": {"Retry-After": "9"}}, BackendBusy, None),
     ({"status": 400, "json": openai_error("max_tokens is too large", 400)},
      BackendRejected, "max_tokens is too large"),
-    ({"status": 500, "json": openai_error("engine died", 500)}, BackendError,
+    ({"status": 500, "json": openai_error("engine died", 500)}, BackendFailedRequest,
      "The model backend answered 500: engine died"),
     ({"body": requests.ConnectionError("refused")}, BackendUnavailable, None),
     ({"body": requests.ReadTimeout("silent")}, BackendTimeout, None),

@@ -40,7 +40,7 @@ def test_chat(client: FlaskClient, fake_ollama: FakeOllama) -> None:
 @pytest.mark.parametrize(("prompt", "model", "status", "type_"), [
     ("[[sim:status=503]]", "sim", 503, "backend_busy"),
     ("[[sim:status=400]]", "sim", 400, "backend_rejected"),
-    ("[[sim:status=500]]", "sim", 502, "backend_error"),
+    ("[[sim:status=500]]", "sim", 502, "backend_failed"),
     ("hello", "no-such-model", 404, "model_not_found"),
 ], ids=["busy", "rejected", "server-error", "unknown-model"])
 @pytest.mark.parametrize("route", ["/v1/generate", "/v1/generate/stream"])
