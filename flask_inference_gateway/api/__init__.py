@@ -6,6 +6,8 @@ own /v1/generate and /v1/chat, SSE and WebSocket), ``openai`` and ``ollama``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_restx import Api, apidoc
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -31,6 +33,16 @@ class GatewayApi(Api):
     def handle_error(self, e: Exception) -> Response:
         """Render every error raised in the gateway's routes."""
         return handle_error(e)
+
+    def error_router(self, original_handler: Any, e: Exception) -> Response:
+        """Send an error to the gateway's renderer, even when restx's own check fails."""
+        try:
+            return super().error_router(original_handler, e)
+        except HTTPException:
+            # restx matches the URL again to see whose error it is; for a
+            # WebSocket route asked without the handshake (or the reverse)
+            # werkzeug raises there, and Flask would answer a bare 500.
+            return handle_error(e)
 
 
 def create_blueprint(name: str = "gateway", url_prefix: str = "") -> Blueprint:

@@ -15,6 +15,7 @@ from types import ModuleType
 import orjson
 from flask import Response, current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import WebsocketMismatch
 
 from flask_inference_gateway.api.native import errors as native
 from flask_inference_gateway.api.ollama import errors as ollama
@@ -49,6 +50,9 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
     """Return ``exc`` as a GatewayError; unknown exceptions become a bare 500."""
     if isinstance(exc, GatewayError):
         return exc
+    if isinstance(exc, WebsocketMismatch):
+        return BadRequest("This route takes a WebSocket handshake, or the request asked to "
+                          "upgrade a route that is not one.")
     if isinstance(exc, HTTPException):
         cls = _HTTP_ERRORS.get(exc.code or 500)
         if cls is None:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # name -> (path, schema of the request message)
 ROUTES = {"generate": ("/v1/generate/ws", GenerateRequest), "chat": ("/v1/chat/ws", ChatRequest)}
+ENDPOINTS = frozenset(f"{name}_ws" for name in ROUTES)  # within the gateway's blueprint
 # A client that connects and never asks must not hold a connection for long.
 REQUEST_WAIT_SECONDS = 30.0
 # How long the client gets to answer the closing handshake before the socket is cut.
@@ -207,6 +208,17 @@ def close(ws: Server) -> None:
             ws.sock.shutdown(socket.SHUT_RDWR)  # wakes the library's reader thread
 
 
+def check_handshake() -> None:
+    """Refuse an upgrade without a usable WebSocket handshake, before flask-sock takes it."""
+    if (request.endpoint or "").rsplit(".", 1)[-1] not in ENDPOINTS:
+        return
+    if not request.headers.get("Sec-WebSocket-Key"):
+        raise BadRequest("The WebSocket handshake has no Sec-WebSocket-Key header.")
+    if request.headers.get("Sec-WebSocket-Version") != "13":
+        raise BadRequest("This server speaks WebSocket version 13 (RFC 6455).",
+                         headers={"Sec-WebSocket-Version": "13"})
+
+
 def view(schema: type[GenerateRequest]) -> Callable[[Server], None]:
     """Return the WebSocket view whose request messages ``schema`` loads."""
 
@@ -231,5 +243,6 @@ def register(blueprint: Blueprint) -> None:
     """Add the WebSocket routes to the gateway's ``blueprint``."""
     sock = Sock()
     for name, (path, schema) in ROUTES.items():
-        sock.route(path, bp=blueprint, endpoint=f"{name}_ws")(view(schema))
+        sock.route(path, bp=blueprint, endpoint=f"{name}_ws")(view(schema))  # in ENDPOINTS
+    blueprint.before_request(check_handshake)
     blueprint.record_once(configure)

@@ -271,6 +271,39 @@ def test_plain_http_request_is_a_json_400(url: str) -> None:
     assert response.json()["error"]["type"] == "bad_request"
 
 
+UPGRADE = {**BEARER, "Upgrade": "websocket", "Connection": "Upgrade"}
+
+
+@pytest.mark.parametrize(("headers", "says"), [
+    (UPGRADE, "Sec-WebSocket-Key"),
+    ({**UPGRADE, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "8"},
+     "version 13"),
+], ids=["no-key", "old-version"])
+def test_a_broken_handshake_is_a_json_400(url: str, headers: dict[str, str], says: str) -> None:
+    response = requests.get("http" + url.removeprefix("ws") + WS_ROUTES["chat"],
+                            headers=headers, timeout=5)
+    assert response.status_code == 400, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert says in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", WS_ROUTES["chat"], 405), ("PUT", WS_ROUTES["generate"], 405),
+    ("POST", "/v1/generate", 400), ("GET", "/healthz", 400), ("POST", "/api/tags", 405),
+], ids=["post-ws-route", "put-ws-route", "upgrade-generate", "upgrade-healthz",
+        "upgrade-tags"])
+def test_a_websocket_route_asked_wrongly_or_an_upgrade_elsewhere_is_json(
+        url: str, method: str, path: str, status: int) -> None:
+    # werkzeug refuses these while restx looks for the route's owner: a bare 500 before.
+    headers = UPGRADE if path.startswith(("/v1/generate", "/healthz", "/api")) else BEARER
+    response = requests.request(method, "http" + url.removeprefix("ws") + path, json={},
+                                headers=headers, timeout=5)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error if path.startswith("/api") else error["message"]  # Ollama's shape: a string
+
+
 def test_rate_limit_refuses_the_handshake_as_json(make_app: Callable[..., Flask],
                                                   serve: Serve) -> None:
     url = serve(make_app(GATEWAY_RATE_LIMIT="1/minute"))
