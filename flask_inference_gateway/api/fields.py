@@ -30,6 +30,15 @@ class Number(fields.Float):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class Flag(fields.Boolean):
+    """A JSON true or false (marshmallow's Boolean also takes "yes", 1 and "on")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if type(value) is not bool:
+            raise self.make_error("invalid")
+        return value
+
+
 def describe(text: str, example: Any = None) -> dict[str, Any]:
     """Return field metadata that Swagger shows."""
     return {"description": text} if example is None else {"description": text, "example": example}
@@ -59,7 +68,7 @@ class OpenAIJsonSchema(Schema):
 
     name = fields.String(load_default="response", validate=validate.Length(min=1, max=64))
     schema = JsonSchema(required=True, metadata=describe("The JSON Schema the answer must match."))
-    strict = fields.Boolean(allow_none=True)
+    strict = Flag(allow_none=True)
     description = fields.String(allow_none=True)
 
 

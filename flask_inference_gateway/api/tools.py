@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-from flask_inference_gateway.api.fields import JsonSchema, describe
+from flask_inference_gateway.api.fields import Flag, JsonSchema, describe
 from flask_inference_gateway.core.pieces import ToolCall
 from flask_inference_gateway.core.types import Tool, ToolChoice
 
@@ -29,7 +29,7 @@ class FunctionSpec(Schema):
     description = fields.String(allow_none=True)
     parameters = JsonSchema(allow_none=True, metadata=describe(
         "A JSON Schema of its arguments.", {"type": "object", "properties": {}}))
-    strict = fields.Boolean(allow_none=True, metadata=describe(
+    strict = Flag(allow_none=True, metadata=describe(
         "OpenAI-compatible backends: hold the arguments to the schema."))
 
 
@@ -101,7 +101,7 @@ def think_field() -> Think:
 
 def logprobs_fields() -> tuple[fields.Boolean, fields.Integer]:
     """Return the ``logprobs`` and ``top_logprobs`` fields."""
-    return (fields.Boolean(allow_none=True, metadata=describe(
+    return (Flag(allow_none=True, metadata=describe(
                 "Return each token's log probability.")),
             fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=0, max=20),
                            metadata=describe("How many alternatives to give per token, "

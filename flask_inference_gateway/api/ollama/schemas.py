@@ -26,6 +26,7 @@ from marshmallow import (
 
 from flask_inference_gateway.api.fields import (
     ROLES,
+    Flag,
     Number,
     describe,
     images_field,
@@ -117,7 +118,7 @@ class OllamaRequest(Schema):
 
     model = fields.String(validate=validate.Length(min=1, max=256), metadata=describe(
         "Model to run; default GATEWAY_DEFAULT_MODEL.", "llama3.2"))
-    stream = fields.Boolean(load_default=True, metadata=describe(
+    stream = Flag(load_default=True, metadata=describe(
         "Stream NDJSON lines (the default), or answer with one JSON object."))
     options = fields.Nested(OllamaOptions, allow_none=True)
     keep_alive = fields.Raw(allow_none=True, metadata=describe(
@@ -230,7 +231,7 @@ class OllamaEmbedRequest(Schema):
     model = fields.String(validate=validate.Length(min=1, max=256), metadata=describe(
         "Embedding model; default GATEWAY_DEFAULT_MODEL.", "all-minilm"))
     input = TextOrList(required=True, metadata=describe("Text or texts to embed."))
-    truncate = fields.Boolean(allow_none=True, metadata=describe("Accepted and ignored."))
+    truncate = Flag(allow_none=True, metadata=describe("Accepted and ignored."))
     keep_alive = fields.Raw(allow_none=True, metadata=describe("Accepted and ignored."))
     options = unsupported("Options")
     dimensions = unsupported("Dimensions")
@@ -251,7 +252,7 @@ class OllamaModelRequest(Schema):
         "The model.", "llama3.2"))
     name = fields.String(validate=validate.Length(min=1), metadata=describe(
         "The model (Ollama's older name for 'model')."))
-    stream = fields.Boolean(allow_none=True, metadata=describe(
+    stream = Flag(allow_none=True, metadata=describe(
         "pull, push, create: stream progress lines (the default)."))
 
     @validates_schema

@@ -26,6 +26,7 @@ from marshmallow import (
 )
 
 from flask_inference_gateway.api.fields import (
+    Flag,
     Number,
     describe,
     options_from,
@@ -72,7 +73,7 @@ def neutral(*values: Any) -> fields.Raw:
 class StreamOptions(Schema):
     """What a stream carries besides the text."""
 
-    include_usage = fields.Boolean(allow_none=True, metadata=describe(
+    include_usage = Flag(allow_none=True, metadata=describe(
         "Send a last chunk with the usage (and empty choices) before [DONE]."))
 
 
@@ -94,7 +95,7 @@ class Sampling(Schema):
                            metadata=describe("vLLM's extension: the k most likely tokens."))
     stop = StringList(16, allow_none=True, metadata=describe("A string or up to 16."))
     seed = fields.Integer(strict=True, allow_none=True)
-    stream = fields.Boolean(allow_none=True, metadata=describe("Answer with SSE chunks."))
+    stream = Flag(allow_none=True, metadata=describe("Answer with SSE chunks."))
     stream_options = fields.Nested(StreamOptions, allow_none=True)
     n = fields.Integer(strict=True, allow_none=True, validate=validate.Equal(1, error=(
         "Only n=1: the gateway relays one choice per request and charges it as one; send "
@@ -154,7 +155,7 @@ class ChatCompletionRequest(Sampling):
     tool_choice = ToolChoiceField(allow_none=True, metadata=describe(
         "none, auto, required, or {\"type\": \"function\", \"function\": {\"name\"}}; "
         "Ollama backends take only none and auto."))
-    parallel_tool_calls = fields.Boolean(allow_none=True, metadata=describe(
+    parallel_tool_calls = Flag(allow_none=True, metadata=describe(
         "false: at most one tool call (OpenAI-compatible backends only)."))
     reasoning_effort = fields.String(allow_none=True, validate=validate.OneOf(tuple(EFFORTS)),
                                      metadata=describe("How hard to think; Ollama backends "

@@ -137,6 +137,16 @@ def test_the_other_routes_fields_are_left_to_ollama(client: FlaskClient, fake_ol
         sent.get("prompt" if kind == "generate" else "messages")
 
 
+@pytest.mark.parametrize("flag", [{"stream": "yes"}, {"stream": 0}, {"think": "on"},
+                                  {"logprobs": 1}], ids=["stream-text", "stream-number",
+                                                         "think-text", "logprobs-number"])
+def test_flags_are_json_booleans(client: FlaskClient, fake_ollama: FakeOllama,
+                                 flag: dict[str, Any]) -> None:
+    response = client.post("/api/chat", json={**body_for("chat", stream=False), **flag})
+    assert response.status_code == 400 and next(iter(flag)) in response.get_json()["error"]
+    assert fake_ollama.requests_seen == []
+
+
 @pytest.mark.parametrize("kind", ["generate", "chat"])
 def test_stream_is_ndjson_lines_then_a_done_line(client: FlaskClient, kind: str) -> None:
     response = client.post(f"/api/{kind}", json=body_for(kind))  # stream: true by default
