@@ -8,16 +8,24 @@ imports Flask, ``requests`` or the rest of the gateway at import time.
 from __future__ import annotations
 
 import gc
-import http.client
 import socket
+import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import Any
 
 import gevent
 from gevent import pywsgi
 from gunicorn.workers import ggevent
 
-from flask_inference_gateway.core.heads import parse_headers
+from flask_inference_gateway.core.errors import BadRequest, ClientLeft, GatewayError, HTTPError
+from flask_inference_gateway.core.heads import (
+    check_request_line,
+    error_answer,
+    error_body,
+    error_head,
+    parse_request_headers,
+)
 from flask_inference_gateway.core.types import never_gone
 
 # Connections a worker accepts per turn of its event loop. Gunicorn's gevent
@@ -68,24 +76,154 @@ class BatchAcceptServer(ggevent.PyWSGIServer):
         self.max_accept = ACCEPT_BATCH
 
 
+def body_error(exc: OSError, seconds: float) -> GatewayError:
+    """Return the error a failed read of a request body (``exc``) is answered with."""
+    if isinstance(exc, pywsgi._InvalidClientInput):
+        return BadRequest(f"The request body's chunked encoding is invalid ({exc.args[0]}).")
+    if isinstance(exc, TimeoutError):
+        return HTTPError(408, f"The request body stalled: nothing came for {seconds:g} s.")
+    if exc.errno is None:  # pywsgi's own: the client ended the body early
+        return BadRequest("The request body ended before its Content-Length or last chunk.")
+    return ClientLeft()
+
+
+class ClientInput(pywsgi.Input):
+    """pywsgi's request body: each wait bounded, each failure the gateway's error."""
+
+    __slots__ = ("conn", "seconds", "error")
+
+    def __init__(self, body: pywsgi.Input, conn: Any, seconds: float) -> None:
+        super().__init__(body.rfile, body.content_length, body.socket, body.chunked_input)
+        self.conn, self.seconds, self.error = conn, seconds, None
+
+    def read(self, length: int | None = None) -> bytes:
+        """Read up to ``length`` bytes of the body (all of it by default)."""
+        return self._bounded(super().read, length)
+
+    def readline(self, size: int | None = None) -> bytes:
+        """Read one line of the body, of at most ``size`` bytes."""
+        return self._bounded(super().readline, size)
+
+    def _bounded(self, read: Callable[[int | None], bytes], size: int | None) -> bytes:
+        if self.error is not None:
+            raise self.error
+        # A sender that stops mid-body must not hold the connection: each wait for
+        # more of it (a recv) may last ``seconds``, gunicorn's keepalive, as an
+        # idle connection may. Only around reads: the answer's writes, a
+        # WebSocket's long waits, are not bounded by the socket's timeout.
+        timeout = self.conn.gettimeout()
+        self.conn.settimeout(self.seconds)
+        try:
+            return read(size)
+        except OSError as exc:  # pywsgi's errors, the timeout's, the socket's
+            self.error = body_error(exc, self.seconds)
+            raise self.error from exc
+        finally:
+            self.conn.settimeout(timeout)
+
+    def _discard(self) -> None:
+        # After a failed read, where the body ends is unknown: the connection
+        # closes instead of reading on (and the error was answered already).
+        if self.error is None:
+            with suppress(GatewayError):
+                super()._discard()
+
+
 class IdleTimeoutHandler(ggevent.PyWSGIHandler):
-    """gevent's WSGI handler, closing a connection idle for ``idle_seconds``."""
+    """gevent's WSGI handler, closing idle and silent connections, refusing in JSON."""
 
     idle_seconds = 5.0  # gunicorn's keepalive, set by the worker
+    head_due: float | None = None  # when the head being read must be whole (monotonic)
 
     def read_requestline(self) -> Any:
-        with gevent.Timeout(self.idle_seconds, False):
+        """Wait ``idle_seconds`` for a request; its head then has as long to arrive."""
+        buffered = self._within(self.idle_seconds, self.rfile.peek, 1)
+        if not buffered:  # idle for too long, or b"": the client closed the connection
+            return None
+        if b"\r\n\r\n" in buffered:  # the whole head came at once (nearly always): no waits
+            self.head_due = None
             return super().read_requestline()
+        self.head_due = time.monotonic() + self.idle_seconds
+        line = self._within(self.idle_seconds, super().read_requestline)
+        if line is None:  # begun, never finished: say why the connection closes
+            with suppress(OSError):
+                self.socket.sendall(error_answer(self._head_timeout()))
+        return line
+
+    @staticmethod
+    def _within(seconds: float, read: Callable[..., Any], *args: Any) -> Any:
+        with gevent.Timeout(seconds, False):
+            return read(*args)
         return None
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """Parse the request line and header lines, refusing a head that is late or invalid."""
+        check_request_line(raw_requestline)
+        if self.head_due is None:
+            return super().read_request(raw_requestline)
+        timer = gevent.Timeout(max(0.0, self.head_due - time.monotonic()))
+        try:
+            with timer:
+                return super().read_request(raw_requestline)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise self._head_timeout() from None
+
+    def _head_timeout(self) -> GatewayError:
+        return HTTPError(408, f"The request head did not arrive within {self.idle_seconds:g} s.")
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - pywsgi's name
         """Parse a request's header lines (pywsgi's rules, without the email parser)."""
+        return parse_request_headers(fp, _class=pywsgi.OldMessage)
+
+    def handle_one_request(self) -> Any:
+        """Serve one request; pywsgi's own answer to a too long request line is JSON too."""
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and result[1] == pywsgi._REQUEST_TOO_LONG_RESPONSE:
+            too_long = f"The request line is longer than {pywsgi.MAX_REQUEST_LINE} bytes."
+            return "414", error_answer(HTTPError(414, too_long))
+        return result
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        # pywsgi's hook for a head it cannot read: its answer had an empty body,
+        # and an error other than a ValueError printed a traceback. The gateway's
+        # JSON error instead, and one log line that says why.
+        error = ex if isinstance(ex, GatewayError) else BadRequest(
+            "The request line or its header lines are malformed.")
+        self.log_error("Invalid request (from %s): %s: %s", self.client_address,
+                       type(ex).__name__, ex)
+        return str(error.status), error_answer(error)
+
+    def _send_error_response_if_possible(self, error_code: int) -> None:
+        # pywsgi's answer when the app failed before answering: plain text, the
+        # 400's empty. The gateway's JSON error instead.
+        if self.response_length:
+            self.close_connection = True
+            return
+        error = BadRequest("The request body is malformed.") if error_code == 400 \
+            else GatewayError()
+        body = error_body(error)
         try:
-            return parse_headers(fp, _class=pywsgi.OldMessage)
-        except http.client.LineTooLong:
-            message = pywsgi.OldMessage()
-            message.status = "Line too long"  # pywsgi answers 400
-            return message
+            self.start_response(*error_head(error, body))
+            self.write(body)
+        except OSError:
+            self.close_connection = True
+
+    def get_environ(self) -> dict[str, Any]:
+        """Return the request's WSGI environ, its body read through ``ClientInput``."""
+        environ = super().get_environ()
+        body, self.wsgi_input = self.wsgi_input, ClientInput(self.wsgi_input, self.socket,
+                                                              self.idle_seconds)
+        if environ["wsgi.input"] is body:  # not a WebSocket's: that reads the raw socket
+            environ["wsgi.input"] = self.wsgi_input
+        return environ
+
+    def handle_one_response(self) -> None:
+        """Answer the request; after a body that failed to read, close the connection."""
+        super().handle_one_response()
+        if self.wsgi_input.error is not None:
+            self.close_connection = True
 
     def _sendall(self, data: bytes) -> None:
         # gevent's sendall() asks the kernel for the socket's send buffer size

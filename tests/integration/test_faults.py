@@ -30,7 +30,7 @@ MAX_BODY_BYTES = 1000
 HTTP_FAULTS: dict[str, tuple[str, dict[str, Any], int, str]] = {
     "busy-503": ("[[sim:status=503]]", {}, 503, "backend_busy"),
     "rejected-400": ("[[sim:status=400]]", {}, 400, "backend_rejected"),
-    "failed-500": ("[[sim:status=500]]", {}, 502, "backend_error"),
+    "failed-500": ("[[sim:status=500]]", {}, 502, "backend_failed"),  # it gave its reason
     "unknown-model": ("hi", {"model": "no-such-model"}, 404, "model_not_found"),
     "delay-past-timeout": ("[[sim:delay=3]]", {}, 504, "backend_timeout"),
 }
