@@ -98,7 +98,9 @@ control_socket_disable = True
 backlog = 2048
 
 # Idle keep-alive connections are closed after this many seconds, so clients
-# that connect and say nothing cannot hold a worker's connection slots.
+# that connect and say nothing cannot hold a worker's connection slots. The
+# gateway's worker also gives a request's head this long to arrive once begun,
+# and each wait for more of its body as long (408 past either).
 keepalive = 5
 
 # gevent: each connection is a greenlet, so one worker holds thousands of
