@@ -18,7 +18,13 @@ import gevent
 from gevent import pywsgi
 from gunicorn.workers import ggevent
 
-from flask_inference_gateway.core.errors import BadRequest, ClientLeft, GatewayError, HTTPError
+from flask_inference_gateway.core.errors import (
+    BadRequest,
+    ClientLeft,
+    GatewayError,
+    RequestTimeout,
+    URITooLong,
+)
 from flask_inference_gateway.core.heads import (
     check_request_line,
     error_answer,
@@ -81,7 +87,7 @@ def body_error(exc: OSError, seconds: float) -> GatewayError:
     if isinstance(exc, pywsgi._InvalidClientInput):
         return BadRequest(f"The request body's chunked encoding is invalid ({exc.args[0]}).")
     if isinstance(exc, TimeoutError):
-        return HTTPError(408, f"The request body stalled: nothing came for {seconds:g} s.")
+        return RequestTimeout(f"The request body stalled: nothing came for {seconds:g} s.")
     if exc.errno is None:  # pywsgi's own: the client ended the body early
         return BadRequest("The request body ended before its Content-Length or last chunk.")
     return ClientLeft()
@@ -171,7 +177,7 @@ class IdleTimeoutHandler(ggevent.PyWSGIHandler):
             raise self._head_timeout() from None
 
     def _head_timeout(self) -> GatewayError:
-        return HTTPError(408, f"The request head did not arrive within {self.idle_seconds:g} s.")
+        return RequestTimeout(f"The request head did not arrive within {self.idle_seconds:g} s.")
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - pywsgi's name
         """Parse a request's header lines (pywsgi's rules, without the email parser)."""
@@ -182,7 +188,7 @@ class IdleTimeoutHandler(ggevent.PyWSGIHandler):
         result = super().handle_one_request()
         if isinstance(result, tuple) and result[1] == pywsgi._REQUEST_TOO_LONG_RESPONSE:
             too_long = f"The request line is longer than {pywsgi.MAX_REQUEST_LINE} bytes."
-            return "414", error_answer(HTTPError(414, too_long))
+            return "414", error_answer(URITooLong(too_long))
         return result
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:

@@ -156,7 +156,7 @@ def with_headers(*lines: bytes, request: bytes = GET) -> bytes:
 
 REFUSED_HEADS = {
     "101 headers": (with_headers(*(b"X-%d: 1" % i for i in range(101))), 400, "bad_request"),
-    "long URL": (GET.replace(b"/", b"/" + b"a" * 9000, 1), 414, "http_error"),
+    "long URL": (GET.replace(b"/", b"/" + b"a" * 9000, 1), 414, "uri_too_long"),
     "long header line": (with_headers(b"X-A: " + b"a" * 70000), 400, "bad_request"),
     "Content-Length abc": (with_headers(b"Content-Length: abc"), 400, "bad_request"),
     "Content-Length -1": (with_headers(b"Content-Length: -1"), 400, "bad_request"),
@@ -194,7 +194,7 @@ def test_repeats_of_one_content_length_are_one_length() -> None:
 def test_a_head_that_stops_coming_is_ended_with_a_408(quick_idle: float, head: bytes) -> None:
     started = time.monotonic()
     code, _, body = answered(served(echo_body, head)[0])
-    assert (code, body["error"]["type"]) == (408, "http_error")
+    assert (code, body["error"]["type"]) == (408, "request_timeout")
     assert time.monotonic() - started < quick_idle * 2 + 0.5
 
 
@@ -243,7 +243,7 @@ def test_a_body_that_ends_early_or_stalls_is_a_json_error_not_a_500(
     answer, _ = served(gateway_app, request_bytes, half_close=half_close)
     code, headers, body = answered(answer)
     assert (code, headers["content-type"]) == (status, "application/json")
-    assert body["error"]["type"] == ("bad_request" if status == 400 else "http_error")
+    assert body["error"]["type"] == ("bad_request" if status == 400 else "request_timeout")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 

@@ -28,7 +28,9 @@ from flask_inference_gateway.core.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     UnsupportedMediaType,
+    URITooLong,
 )
 from flask_inference_gateway.observability import context
 
@@ -40,7 +42,9 @@ _HTTP_ERRORS: dict[int, type[GatewayError]] = {
     400: BadRequest,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     413: PayloadTooLarge,
+    414: URITooLong,
     415: UnsupportedMediaType,
     429: RateLimited,
 }

@@ -11,7 +11,9 @@ API renders them in each dialect's shape (``flask_inference_gateway/api/errors.p
     ├── NotFound (404 not_found)
     │   └── ModelNotFound (404 model_not_found)
     ├── MethodNotAllowed (405 method_not_allowed)
+    ├── RequestTimeout (408 request_timeout: the head or body stopped coming)
     ├── PayloadTooLarge (413 payload_too_large)
+    ├── URITooLong (414 uri_too_long)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── ValidationFailed (422 validation_error)
     ├── ClientLeft (499 client_left: the client went away; nobody reads it)
@@ -110,9 +112,19 @@ class MethodNotAllowed(GatewayError):
     message = "This route does not accept that method."
 
 
+class RequestTimeout(GatewayError):
+    status, type = 408, "request_timeout"
+    message = "The request did not arrive in time; the connection is closed."
+
+
 class PayloadTooLarge(GatewayError):
     status, type = 413, "payload_too_large"
     message = "The request body is too large."
+
+
+class URITooLong(GatewayError):
+    status, type = 414, "uri_too_long"
+    message = "The request line is too long."
 
 
 class UnsupportedMediaType(GatewayError):

@@ -13,6 +13,8 @@ from werkzeug.exceptions import (
     MethodNotAllowed,
     NotFound,
     RequestEntityTooLarge,
+    RequestTimeout,
+    RequestURITooLarge,
     UnsupportedMediaType,
 )
 
@@ -53,10 +55,12 @@ def test_type_names_are_unique_snake_case() -> None:
     (BadRequest(), 400, "bad_request"),
     (NotFound(), 404, "not_found"),
     (MethodNotAllowed(valid_methods=["POST"]), 405, "method_not_allowed"),
+    (RequestTimeout(), 408, "request_timeout"),
     (RequestEntityTooLarge(), 413, "payload_too_large"),
+    (RequestURITooLarge(), 414, "uri_too_long"),
     (UnsupportedMediaType(), 415, "unsupported_media_type"),
     (ImATeapot(), 418, "http_error"),
-], ids=["400", "404", "405", "413", "415", "other"])
+], ids=["400", "404", "405", "408", "413", "414", "415", "other"])
 def test_http_exceptions_map(exc: HTTPException, status: int, type_: str) -> None:
     error = as_gateway_error(exc)
     assert (error.status, error.type) == (status, type_)
